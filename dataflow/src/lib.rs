@@ -1,0 +1,33 @@
+//! Service graphs of ML models, compiled to timely dataflow.
+//!
+//! Users describe a graph in Rust ([`GraphDef`] with [`NodeDef`] and
+//! [`SourceDef`]) or in a TOML file (the same structure); [`GraphDef::build`]
+//! checks it into a [`Graph`]; [`run::run`] places its executors on the
+//! workers and runs it on one process or a cluster.
+//!
+//! # Layout
+//! - [`def`]: graph definitions (TOML and builder).
+//! - [`graph`]: validation into a checked graph with inferred shapes.
+//! - [`placement`]: which worker hosts which executor.
+//! - [`compile`]: one worker's timely dataflow for a graph.
+//! - [`source`]: ingestion into the durable source log.
+//! - [`run`]: workers, epochs, flow control and the run's summary.
+//! - [`summary`]: latency histogram and the summary report.
+#![warn(missing_docs)]
+
+pub mod compile;
+pub mod def;
+pub mod error;
+pub mod graph;
+pub mod placement;
+pub mod run;
+pub mod source;
+pub mod summary;
+
+pub use compile::Executors;
+pub use def::{ElemType, GraphDef, NodeDef, SinkDef, SourceDef, SourceKind};
+pub use error::{Error, Result};
+pub use graph::Graph;
+pub use run::{run, RunConfig, Timely};
+pub use source::Feed;
+pub use summary::Summary;

@@ -1,0 +1,256 @@
+//! Running a graph: timely workers (threads and processes), ingestion with
+//! epochs, flow control, progress and the final summary.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hams_storage::{layout, Store};
+use timely::communication::Config as CommConfig;
+
+use crate::compile::{self, Executors, Plan};
+use crate::error::{Error, Result};
+use crate::graph::Graph;
+use crate::placement::{place, Cluster};
+use crate::source::{now_us, Feed, Ingest};
+use crate::summary::Summary;
+
+/// Where this process sits in a timely cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timely {
+    /// Worker threads per process.
+    pub threads: usize,
+    /// Index of this process.
+    pub process: usize,
+    /// Addresses (`host:port`) of all processes; empty or one entry for a single process.
+    pub addresses: Vec<String>,
+}
+
+impl Timely {
+    /// One process with `threads` workers.
+    pub fn threads(threads: usize) -> Self {
+        Timely {
+            threads,
+            process: 0,
+            addresses: Vec::new(),
+        }
+    }
+
+    /// Number of processes.
+    pub fn processes(&self) -> usize {
+        self.addresses.len().max(1)
+    }
+
+    fn config(&self) -> timely::Config {
+        let communication = if self.processes() > 1 {
+            CommConfig::Cluster {
+                threads: self.threads,
+                process: self.process,
+                addresses: self.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            }
+        } else if self.threads > 1 {
+            CommConfig::Process(self.threads)
+        } else {
+            CommConfig::Thread
+        };
+        timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        }
+    }
+}
+
+/// Everything about one run of a graph.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The service graph.
+    pub graph: Graph,
+    /// Cluster shape and this process's place in it.
+    pub timely: Timely,
+    /// New requests.
+    pub feed: Feed,
+    /// Data directory (shared by the processes of a local cluster).
+    pub data_dir: PathBuf,
+    /// Epoch length: requests arriving within one tick form one epoch.
+    pub epoch_us: u64,
+    /// Closed-loop window: requests in flight per worker when no rate is set.
+    pub max_inflight: usize,
+    /// Executor hosting.
+    pub executors: Executors,
+    /// GPU-like non-determinism (relative perturbation; 0 = deterministic).
+    pub noise: f32,
+    /// fsync each durable batch.
+    pub sync: bool,
+    /// Print a progress line every second (process 0, worker 0).
+    pub progress: bool,
+    /// Stop ingesting after this long.
+    pub duration: Option<Duration>,
+}
+
+impl RunConfig {
+    /// A single-process run of `graph` with `threads` workers and defaults for the rest.
+    pub fn new(graph: Graph, threads: usize, data_dir: PathBuf, executors: Executors) -> Self {
+        RunConfig {
+            graph,
+            timely: Timely::threads(threads),
+            feed: Feed::Generate {
+                total: Some(1000),
+                rate: None,
+            },
+            data_dir,
+            epoch_us: 1000,
+            max_inflight: 256,
+            executors,
+            noise: 0.0,
+            sync: true,
+            progress: false,
+            duration: None,
+        }
+    }
+}
+
+/// Set by [`request_stop`] (e.g. on Ctrl-C): stop ingesting, drain, report.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks running workers to stop taking new requests and finish.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Runs the graph; returns the summary on process 0 (`None` on the others).
+pub fn run(config: RunConfig) -> Result<Option<Summary>> {
+    let cluster = Cluster {
+        processes: config.timely.processes(),
+        threads: config.timely.threads.max(1),
+    };
+    if config.timely.process >= cluster.processes {
+        return Err(Error::Config(format!("process index {} but only {} processes", config.timely.process, cluster.processes)));
+    }
+    let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
+    let store = Store::open(&dir)?;
+    let placement = place(&config.graph, cluster);
+    if config.timely.process == 0 {
+        tracing::info!(graph = %config.graph.name, "placement:\n{placement}");
+    }
+    let plan = Arc::new(Plan {
+        graph: config.graph.clone(),
+        placement,
+        executors: config.executors.clone(),
+        noise: config.noise,
+        sync: config.sync,
+    });
+    let config = Arc::new(config);
+    let timely_config = config.timely.config();
+    let guards = timely::execute(timely_config, move |worker| worker_main(worker, &plan, &config, store.clone()))
+        .map_err(Error::Timely)?;
+    let mut summary = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(Some(s))) => summary = Some(s),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => return Err(Error::Timely(format!("worker failed: {panic}"))),
+        }
+    }
+    Ok(summary)
+}
+
+fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunConfig, store: Arc<Store>) -> Result<Option<Summary>> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let mut handles = compile::build(worker, plan, store.clone())?;
+    let mut ingest = Ingest::new(store, &plan.graph, index as u32, peers as u32, config.feed.clone(), config.sync)?;
+    // Start the clocks together so epochs line up across workers.
+    timely::synchronization::Barrier::new(worker).wait();
+    let start = Instant::now();
+    let start_us = now_us();
+    let epoch_us = config.epoch_us.max(1);
+    let open_loop = matches!(config.feed, Feed::Generate { rate: Some(_), .. });
+    let mut epoch = 0u64;
+    let mut open = true;
+    let mut in_flight: std::collections::VecDeque<(u64, usize)> = Default::default();
+    let mut outstanding = 0usize;
+    let mut last_progress = Instant::now();
+    loop {
+        let elapsed_us = start.elapsed().as_micros() as u64;
+        let tick = elapsed_us / epoch_us;
+        if open && tick > epoch {
+            epoch = tick;
+            handles.ok_in.advance_to(epoch);
+            handles.err_in.advance_to(epoch);
+        }
+        while let Some(&(e, n)) = in_flight.front() {
+            if handles.probe.less_equal(&e) {
+                break;
+            }
+            in_flight.pop_front();
+            outstanding -= n;
+        }
+        if open {
+            let budget = if open_loop { 4096 } else { config.max_inflight.saturating_sub(outstanding) };
+            if budget > 0 {
+                let records = ingest.poll(start_us, elapsed_us, budget)?;
+                if !records.is_empty() {
+                    let n = records.len();
+                    for (offset, rec) in records {
+                        match ingest.admit(offset, rec) {
+                            Ok(env) => handles.ok_in.send(env),
+                            Err(fail) => handles.err_in.send(fail),
+                        }
+                    }
+                    match in_flight.back_mut() {
+                        Some((e, m)) if *e == epoch => *m += n,
+                        _ => in_flight.push_back((epoch, n)),
+                    }
+                    outstanding += n;
+                }
+            }
+            let out_of_time = config.duration.is_some_and(|d| start.elapsed() >= d);
+            if ingest.done() || out_of_time || STOP.load(Ordering::SeqCst) {
+                open = false;
+                // Closing the inputs lets the frontier run to the end.
+                handles.ok_in.advance_to(u64::MAX);
+                handles.err_in.advance_to(u64::MAX);
+            }
+        }
+        let wait_us = if open {
+            let next_tick = (tick + 1) * epoch_us;
+            let next = ingest.next_due_us().map_or(next_tick, |d| d.min(next_tick));
+            next.saturating_sub(start.elapsed().as_micros() as u64).max(50)
+        } else {
+            10_000
+        };
+        worker.step_or_park(Some(Duration::from_micros(wait_us)));
+        if index == 0 && config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            let t = handles.totals.borrow();
+            eprintln!(
+                "[{:>6.1}s] released {} ({} errors), p50 {} us, p99 {} us",
+                start.elapsed().as_secs_f64(),
+                t.released,
+                t.errors,
+                t.latency.quantile(0.5),
+                t.latency.quantile(0.99)
+            );
+        }
+        if !open && handles.probe.done() {
+            break;
+        }
+    }
+    // Let the final statistics reach worker 0.
+    while worker.step_or_park(Some(Duration::from_millis(1))) {}
+    if index != 0 {
+        return Ok(None);
+    }
+    let totals = handles.totals.borrow();
+    Ok(Some(Summary::new(
+        &plan.graph.name,
+        &totals,
+        start.elapsed().as_secs_f64(),
+        peers,
+        plan.placement.cluster.processes,
+    )))
+}

@@ -1,0 +1,185 @@
+//! Ingestion: each worker owns one partition of the source topic. New requests
+//! (generated, or read from a file) are appended to it durably before they
+//! enter the dataflow; requests logged by an earlier run but never released
+//! are replayed first.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hams_operators::ops::{Envelope, Failure, Meta};
+use hams_storage::{Batch, Cf, ErrorKind, Generator, Log, Request, RequestError, SourceRecord, Store, Values};
+
+use crate::def::ElemType;
+use crate::error::Result;
+use crate::graph::Graph;
+
+/// Where new requests come from.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// `count` generated requests per worker share (`None`: endless), at `rate` req/s in total.
+    Generate {
+        /// Total requests over all workers (`None`: endless).
+        total: Option<u64>,
+        /// Offered load over all workers (`None`: as fast as the window allows).
+        rate: Option<f64>,
+    },
+    /// Requests as wire bytes (one per entry), spread over workers round-robin.
+    Lines(Arc<Vec<Vec<u8>>>),
+    /// Nothing new: only what the log already holds.
+    None,
+}
+
+/// One worker's ingestion.
+pub(crate) struct Ingest {
+    partition: u32,
+    partitions: u32,
+    log: Log,
+    next_offset: u64,
+    backlog: VecDeque<(u64, SourceRecord)>,
+    generator: Generator,
+    feed: Feed,
+    /// Requests of this worker's share created so far.
+    made: u64,
+    sync: bool,
+    elem: ElemType,
+    len: usize,
+}
+
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Ingest {
+    pub(crate) fn new(store: Arc<Store>, graph: &Graph, partition: u32, partitions: u32, feed: Feed, sync: bool) -> Result<Self> {
+        let log = Log::new(store, Cf::Source);
+        let next_offset = log.end_offset(partition)?;
+        let from = log.position(hams_storage::released::SINK_GROUP, partition)?;
+        let backlog: VecDeque<_> = log.read(partition, from, usize::MAX)?.into();
+        if !backlog.is_empty() {
+            tracing::info!(partition, requests = backlog.len(), "replaying requests logged but never released");
+        }
+        Ok(Ingest {
+            partition,
+            partitions,
+            log,
+            next_offset,
+            backlog,
+            generator: graph.generator(),
+            feed,
+            made: 0,
+            sync,
+            elem: graph.source.input,
+            len: graph.source.shape.iter().product(),
+        })
+    }
+
+    /// This worker's share of `total` requests.
+    fn share(&self, total: u64) -> u64 {
+        let (p, n) = (self.partition as u64, self.partitions as u64);
+        total / n + (p < total % n) as u64
+    }
+
+    /// Global index of this worker's `k`-th request (interleaved over workers).
+    fn global(&self, k: u64) -> u64 {
+        k * self.partitions as u64 + self.partition as u64
+    }
+
+    /// True when nothing more will come.
+    pub(crate) fn done(&self) -> bool {
+        self.backlog.is_empty()
+            && match &self.feed {
+                Feed::Generate { total, .. } => total.is_some_and(|t| self.made >= self.share(t)),
+                Feed::Lines(lines) => self.global(self.made) >= lines.len() as u64,
+                Feed::None => true,
+            }
+    }
+
+    /// When the next generated request is due, µs since the run started.
+    pub(crate) fn next_due_us(&self) -> Option<u64> {
+        match &self.feed {
+            Feed::Generate { rate: Some(r), .. } if !self.done() => Some((self.global(self.made) as f64 * 1e6 / r) as u64),
+            _ => None,
+        }
+    }
+
+    /// Ingests up to `budget` requests due by `elapsed_us`: logs new ones
+    /// durably (one batch) and returns them, backlog first.
+    pub(crate) fn poll(&mut self, run_start_us: u64, elapsed_us: u64, budget: usize) -> Result<Vec<(u64, SourceRecord)>> {
+        let mut out = Vec::new();
+        while out.len() < budget {
+            match self.backlog.pop_front() {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        let mut batch = Batch::new();
+        let now = now_us();
+        while out.len() < budget && !self.done() {
+            let k = self.made;
+            let (bytes, ingest_us) = match &self.feed {
+                Feed::Generate { rate, .. } => {
+                    let due = rate.map(|r| (self.global(k) as f64 * 1e6 / r) as u64);
+                    if due.is_some_and(|d| d > elapsed_us) {
+                        break;
+                    }
+                    let req = self.generator.request(self.partition, self.partitions, self.next_offset);
+                    // Open loop: latency counts from when the request was due, not when we got to it.
+                    (req.encode_binary(), due.map_or(now, |d| run_start_us + d))
+                }
+                Feed::Lines(lines) => (lines[self.global(k) as usize].clone(), now),
+                Feed::None => break,
+            };
+            let rec = SourceRecord { ingest_us, bytes };
+            self.log.append(&mut batch, self.partition, self.next_offset, &rec);
+            out.push((self.next_offset, rec));
+            self.next_offset += 1;
+            self.made += 1;
+        }
+        self.log.store().commit(batch, self.sync)?;
+        Ok(out)
+    }
+
+    /// Turns a logged request into a dataflow record, or a typed error for its client.
+    pub(crate) fn admit(&self, offset: u64, rec: SourceRecord) -> std::result::Result<Envelope, Failure> {
+        let mut meta = Meta {
+            seq: offset * self.partitions as u64 + self.partition as u64,
+            home: self.partition,
+            offset,
+            session: None,
+            start: false,
+            end: false,
+            ingest_us: rec.ingest_us,
+        };
+        let fail = |meta, kind, message| Failure {
+            meta,
+            error: RequestError {
+                node: "source".into(),
+                kind,
+                message,
+            },
+        };
+        let req = match Request::decode(&rec.bytes) {
+            Ok(r) => r,
+            Err(e) => return Err(fail(meta, ErrorKind::Malformed, e.to_string())),
+        };
+        meta.session = req.session;
+        meta.start = req.start;
+        meta.end = req.end;
+        let kind_ok = matches!((&req.input, self.elem), (Values::F32(_), ElemType::F32) | (Values::Tokens(_), ElemType::Tokens));
+        if !kind_ok {
+            let want = if self.elem == ElemType::F32 { "f32 \"input\"" } else { "\"tokens\"" };
+            return Err(fail(meta, ErrorKind::Type, format!("this service takes {want}, got {}", req.input.kind())));
+        }
+        if req.input.len() != self.len {
+            return Err(fail(meta, ErrorKind::Shape, format!("input has {} elements, the service takes {}", req.input.len(), self.len)));
+        }
+        Ok(Envelope {
+            meta,
+            values: req.input,
+            lineage: Vec::new(),
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The work of an executor, independent of how it is hosted (process or thread):
+//! validate each item, keep per-session state, and run each batch as few
+//! forward passes as session order allows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use hams_storage::{ErrorKind, Values};
+
+use super::protocol::{InferRequest, InferResponse, Item, ItemError, SessionUpdate};
+use crate::error::Result;
+use crate::model::noise::Noise;
+use crate::model::{self, Input, Model, ModelSpec};
+
+/// A loaded model plus, for stateful models, the state of every open session.
+pub struct Engine {
+    model: Box<dyn Model>,
+    noise: Noise,
+    sessions: HashMap<u64, Vec<f32>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.model.spec().name)
+            .field("sessions", &self.sessions.len())
+            .finish()
+    }
+}
+
+fn item_error(kind: ErrorKind, message: String) -> ItemError {
+    ItemError { kind, message }
+}
+
+impl Engine {
+    /// Loads the model of `spec`; `noise_seed` seeds the execution draws.
+    pub fn new(spec: &ModelSpec, noise_seed: u64) -> Result<Self> {
+        Ok(Engine {
+            model: model::load(spec)?,
+            noise: Noise::new(spec.noise, noise_seed),
+            sessions: HashMap::new(),
+        })
+    }
+
+    /// The model's spec.
+    pub fn spec(&self) -> &ModelSpec {
+        self.model.spec()
+    }
+
+    /// Number of open sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Checks one item against the model; `Err` goes back to the client.
+    fn validate(&self, item: &Item, known: bool) -> std::result::Result<(), ItemError> {
+        let spec = self.model.spec();
+        let want = spec.input_len;
+        match (&item.input, spec.arch.takes_tokens()) {
+            (Values::F32(_), true) | (Values::Tokens(_), false) => {
+                let expected = if spec.arch.takes_tokens() { "tokens" } else { "f32" };
+                return Err(item_error(
+                    ErrorKind::Type,
+                    format!("model {} takes {expected}, got {}", spec.name, item.input.kind()),
+                ));
+            }
+            _ => {}
+        }
+        if item.input.len() != want {
+            return Err(item_error(
+                ErrorKind::Shape,
+                format!("model {} takes {want} elements, got {}", spec.name, item.input.len()),
+            ));
+        }
+        if let (Values::Tokens(ids), crate::model::Arch::Text { vocab, .. }) = (&item.input, &spec.arch) {
+            if let Some(bad) = ids.iter().find(|t| **t as usize >= *vocab) {
+                return Err(item_error(
+                    ErrorKind::Type,
+                    format!("token id {bad} is outside the vocabulary of {vocab}"),
+                ));
+            }
+        }
+        if spec.is_stateful() {
+            match item.session {
+                None => {
+                    return Err(item_error(
+                        ErrorKind::UnknownSession,
+                        format!("stateful model {} needs a session id", spec.name),
+                    ))
+                }
+                Some(s) if !item.start && !known => {
+                    return Err(item_error(
+                        ErrorKind::UnknownSession,
+                        format!("session {s} was never started (or has ended) at model {}", spec.name),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one batch. Items are processed in the order given; a session
+    /// appearing several times is stepped once per occurrence, in order.
+    pub fn infer(&mut self, req: &InferRequest) -> InferResponse {
+        let started = Instant::now();
+        let mut outputs: Vec<Result<Vec<f32>, ItemError>> = vec![Ok(Vec::new()); req.items.len()];
+        let mut draws = Vec::new();
+        let mut changed = BTreeMap::new();
+        // Waves: the k-th occurrence of each session goes to wave k.
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        let mut occurrences: HashMap<u64, usize> = HashMap::new();
+        let stateful = self.model.spec().is_stateful();
+        // Whether each session is open at this point of the batch (ends and starts apply in order).
+        let mut open: HashMap<u64, bool> = HashMap::new();
+        for (i, item) in req.items.iter().enumerate() {
+            let known = item
+                .session
+                .is_some_and(|s| open.get(&s).copied().unwrap_or_else(|| self.sessions.contains_key(&s)));
+            if let Err(e) = self.validate(item, known) {
+                outputs[i] = Err(e);
+                continue;
+            }
+            let wave = match (stateful, item.session) {
+                (true, Some(s)) => {
+                    open.insert(s, !item.end);
+                    let k = occurrences.entry(s).or_insert(0);
+                    *k += 1;
+                    *k - 1
+                }
+                _ => 0,
+            };
+            if waves.len() <= wave {
+                waves.resize_with(wave + 1, Vec::new);
+            }
+            waves[wave].push(i);
+        }
+        for wave in waves {
+            let draw = self.noise.draw();
+            let items: Vec<&Item> = wave.iter().map(|&i| &req.items[i]).collect();
+            match self.run_wave(&items, draw) {
+                Ok(rows) => {
+                    for (&i, row) in wave.iter().zip(rows) {
+                        outputs[i] = Ok(row);
+                        if let (true, Some(s)) = (stateful, req.items[i].session) {
+                            changed.insert(s, ());
+                        }
+                    }
+                }
+                Err(e) => {
+                    for &i in &wave {
+                        outputs[i] = Err(item_error(ErrorKind::Inference, e.to_string()));
+                    }
+                }
+            }
+            draws.push(draw);
+        }
+        let delta = changed
+            .into_keys()
+            .map(|s| SessionUpdate {
+                session: s,
+                state: self.sessions.get(&s).cloned(),
+            })
+            .collect();
+        InferResponse {
+            ticket: req.ticket,
+            outputs,
+            delta,
+            draws,
+            compute_us: started.elapsed().as_micros() as u64,
+        }
+    }
+
+    /// One forward pass over items of distinct sessions; updates their states.
+    fn run_wave(&mut self, items: &[&Item], draw: u64) -> Result<Vec<Vec<f32>>> {
+        let spec = self.model.spec();
+        let (rows, out_len, state_len) = (items.len(), spec.output_len, spec.arch.state_len());
+        let mut state = Vec::with_capacity(rows * state_len);
+        if state_len > 0 {
+            for item in items {
+                let s = item.session.expect("validated");
+                match self.sessions.get(&s) {
+                    Some(st) if !item.start => state.extend_from_slice(st),
+                    _ => state.extend(std::iter::repeat_n(0.0, state_len)),
+                }
+            }
+        }
+        let mut fwd = match &items[0].input {
+            Values::F32(_) => {
+                let data: Vec<f32> = items
+                    .iter()
+                    .flat_map(|it| match &it.input {
+                        Values::F32(v) => v.iter().copied(),
+                        Values::Tokens(_) => unreachable!("validated"),
+                    })
+                    .collect();
+                self.model.forward(rows, Input::F32(&data), &state)?
+            }
+            Values::Tokens(_) => {
+                let data: Vec<u32> = items
+                    .iter()
+                    .flat_map(|it| match &it.input {
+                        Values::Tokens(v) => v.iter().copied(),
+                        Values::F32(_) => unreachable!("validated"),
+                    })
+                    .collect();
+                self.model.forward(rows, Input::Tokens(&data), &state)?
+            }
+        };
+        self.noise.perturb(draw, &mut [&mut fwd.output, &mut fwd.state]);
+        if state_len > 0 {
+            for (item, st) in items.iter().zip(fwd.state.chunks_exact(state_len)) {
+                let s = item.session.expect("validated");
+                if item.end {
+                    self.sessions.remove(&s);
+                } else {
+                    self.sessions.insert(s, st.to_vec());
+                }
+            }
+        }
+        Ok(fwd.output.chunks_exact(out_len).map(<[f32]>::to_vec).collect())
+    }
+}

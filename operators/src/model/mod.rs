@@ -1,0 +1,96 @@
+//! The model zoo and the backend trait it runs on.
+//!
+//! A model is `f(inputs, states) -> (outputs, new_states)` over a batch: one
+//! forward pass per call, whatever the batch size. Stateless models get and
+//! return empty states. Inputs and outputs cross the trait as host `f32` rows,
+//! because that is what crosses the executor socket anyway; each backend keeps
+//! its weights on its own device.
+//!
+//! # Examples
+//! ```
+//! use hams_operators::model::{self, Arch, BackendKind, Input, ModelSpec, Weights};
+//! # fn main() -> hams_operators::Result<()> {
+//! let spec = ModelSpec {
+//!     name: "tracker".into(),
+//!     arch: Arch::Lstm { hidden: 8 },
+//!     input_len: 4,
+//!     output_len: 2,
+//!     weights: Weights::Seeded(1),
+//!     backend: BackendKind::Candle,
+//!     device: "cpu".into(),
+//!     noise: 0.0,
+//! };
+//! let mut m = model::load(&spec)?;
+//! let zero = vec![0.0; 3 * spec.arch.state_len()];
+//! let out = m.forward(3, Input::F32(&[0.5; 12]), &zero)?;
+//! assert_eq!(out.output.len(), 3 * 2);
+//! assert_eq!(out.state.len(), 3 * 16);
+//! # Ok(()) }
+//! ```
+
+mod candle;
+pub mod noise;
+pub mod spec;
+pub mod weights;
+
+pub use spec::{Arch, BackendKind, ModelSpec, Weights};
+
+use crate::error::{Error, Result};
+
+/// A batch of inputs, `rows * input_len` elements row-major.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// Features.
+    F32(&'a [f32]),
+    /// Token ids.
+    Tokens(&'a [u32]),
+}
+
+/// The result of one forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    /// `rows * output_len` outputs.
+    pub output: Vec<f32>,
+    /// `rows * state_len` new states (empty for stateless models).
+    pub state: Vec<f32>,
+}
+
+/// A loaded model, ready to run batches.
+pub trait Model: Send {
+    /// What the model is.
+    fn spec(&self) -> &ModelSpec;
+    /// Runs one forward pass over `rows` requests; `state` holds `rows * state_len` elements.
+    fn forward(&mut self, rows: usize, input: Input<'_>, state: &[f32]) -> Result<Forward>;
+}
+
+/// Loads `spec` on its backend.
+pub fn load(spec: &ModelSpec) -> Result<Box<dyn Model>> {
+    let params = weights::resolve(spec)?;
+    match spec.backend {
+        BackendKind::Candle => Ok(Box::new(candle::CandleModel::new(spec.clone(), &params)?)),
+        BackendKind::Tch => Err(Error::Unsupported {
+            model: spec.name.clone(),
+            reason: "the tch backend needs hams built with the `torch` feature".into(),
+        }),
+    }
+}
+
+/// Checks that `input` has the element type and count `spec` expects for `rows` requests.
+pub fn check_input(spec: &ModelSpec, rows: usize, input: Input<'_>, state: &[f32]) -> Result<()> {
+    let err = |reason: String| Error::Input {
+        model: spec.name.clone(),
+        reason,
+    };
+    let n = match input {
+        Input::F32(d) if !spec.arch.takes_tokens() => d.len(),
+        Input::Tokens(d) if spec.arch.takes_tokens() => d.len(),
+        _ => return Err(err(format!("a {} model cannot read this element type", spec.arch.name()))),
+    };
+    if n != rows * spec.input_len {
+        return Err(err(format!("{n} input elements for {rows} rows of {}", spec.input_len)));
+    }
+    if state.len() != rows * spec.arch.state_len() {
+        return Err(err(format!("{} state elements for {rows} rows of {}", state.len(), spec.arch.state_len())));
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Command-line interface of the `hams` binary.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// High availability for distributed ML service graphs, on timely dataflow.
+///
+/// `hams [run] [OPTIONS]` runs a service graph (default: the built-in stock
+/// demo) on timely workers. Timely's own flags select the cluster: `-w`
+/// threads per process, `-n` processes, `-p` this process's index, `-h` a
+/// hostfile of `host:port` lines. With `-n N` and no `-p`, hams starts all N
+/// processes of a local cluster itself.
+#[derive(Debug, Parser)]
+#[command(name = "hams", version, disable_help_flag = true, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Print help (`-h` is timely's hostfile flag).
+    #[arg(long, action = clap::ArgAction::Help, global = true)]
+    pub help: Option<bool>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a service graph (the default).
+    Run(RunArgs),
+    /// Check a graph file and print its nodes, shapes and placement.
+    Check(CheckArgs),
+    /// Write a node's weights (seeded init) to a safetensors file.
+    ExportWeights(ExportArgs),
+}
+
+/// Model size preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    /// The sizes in the graph file (fast; CI).
+    Small,
+    /// Hidden widths, filters and embeddings x8 (benchmarks).
+    Realistic,
+}
+
+/// Options of `hams run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Graph file (TOML). Default: the built-in stock demo graph.
+    #[arg(short = 'g', long)]
+    pub graph: Option<PathBuf>,
+    /// Requests to generate (0: endless until Ctrl-C or --duration).
+    #[arg(long, default_value_t = 1000)]
+    pub requests: u64,
+    /// Offered load in requests/s over all workers (open loop). Default: closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Read requests from a file of JSON lines instead of generating them.
+    #[arg(long, conflicts_with = "requests")]
+    pub input: Option<PathBuf>,
+    /// Data directory (source/output topics, ledger). Default: a temporary one, removed at exit.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Worker threads per process (timely -w).
+    #[arg(short = 'w', long = "threads", default_value_t = 1)]
+    pub threads: usize,
+    /// Number of processes (timely -n). Default: the hostfile's line count, or 1.
+    #[arg(short = 'n', long = "processes")]
+    pub processes: Option<usize>,
+    /// This process's index (timely -p). Without it, a multi-process run starts every process locally.
+    #[arg(short = 'p', long = "process")]
+    pub process: Option<usize>,
+    /// Hostfile: one `host:port` per process (timely -h).
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// Print one JSON line with the summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Model sizes.
+    #[arg(long, value_enum, default_value_t = Scale::Small)]
+    pub scale: Scale,
+    /// Epoch length in µs: requests arriving within one epoch are batched together.
+    #[arg(long, default_value_t = 1000)]
+    pub epoch_us: u64,
+    /// Closed loop: requests in flight per worker.
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight: usize,
+    /// Run executors as threads of the worker process instead of separate processes.
+    #[arg(long)]
+    pub in_process: bool,
+    /// GPU-like non-determinism: perturb every execution slightly (DESIGN §7).
+    #[arg(long)]
+    pub nondeterministic: bool,
+    /// Do not fsync durable batches (faster, survives process crashes but not power loss).
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Stop taking requests after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// Options of `hams check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Graph file (TOML).
+    pub graph: PathBuf,
+    /// Workers per process to place on.
+    #[arg(short = 'w', long = "threads", default_value_t = 1)]
+    pub threads: usize,
+    /// Processes to place on.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+}
+
+/// Options of `hams export-weights`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Graph file (TOML).
+    #[arg(long)]
+    pub graph: PathBuf,
+    /// Node whose weights to write.
+    #[arg(long)]
+    pub node: String,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+}

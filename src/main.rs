@@ -1,0 +1,210 @@
+//! The `hams` command: run service graphs on timely workers.
+
+mod cli;
+mod cluster;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hams_dataflow::placement::{place, Cluster};
+use hams_dataflow::{Executors, Feed, Graph, GraphDef, RunConfig, Timely};
+use hams_operators::executor::process::{self, Launch};
+
+use cli::{Cli, Command, RunArgs, Scale};
+
+/// The stock demo graph, run when no `--graph` is given.
+const DEMO_GRAPH: &str = include_str!("../examples/graphs/stock.toml");
+
+fn main() -> ExitCode {
+    // Executor processes are this binary re-executed; serve and exit if we are one.
+    hams_operators::executor::server::serve_if_child();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+        Some(Command::Check(args)) => check(&args),
+        Some(Command::ExportWeights(args)) => export(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hams: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Loads and checks the graph (`None`: the built-in demo) at `scale`.
+pub fn load_graph(path: Option<&Path>, scale: Scale) -> Result<Graph> {
+    let (def, origin) = match path {
+        Some(p) => (GraphDef::from_file(p)?, p.display().to_string()),
+        None => (GraphDef::from_toml(DEMO_GRAPH, "built-in stock graph")?, "built-in stock graph".to_string()),
+    };
+    let def = match scale {
+        Scale::Small => def,
+        Scale::Realistic => def.scaled(8),
+    };
+    Ok(def.build_from(&origin)?)
+}
+
+fn read_hostfile(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading hostfile {}", path.display()))?;
+    let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    if hosts.is_empty() {
+        bail!("hostfile {} lists no host", path.display());
+    }
+    Ok(hosts)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let graph = load_graph(args.graph.as_deref(), args.scale)?;
+    let hosts = match &args.hostfile {
+        Some(h) => Some(read_hostfile(h)?),
+        None => None,
+    };
+    let processes = args.processes.unwrap_or_else(|| hosts.as_ref().map_or(1, Vec::len));
+    if let Some(h) = &hosts {
+        if h.len() < processes {
+            bail!("hostfile lists {} hosts but -n {processes}", h.len());
+        }
+    }
+    if processes > 1 && args.process.is_none() {
+        return cluster::launch(&args, processes, hosts);
+    }
+    let process = args.process.unwrap_or(0);
+    let addresses = match (processes, hosts) {
+        (1, _) => Vec::new(),
+        (n, Some(h)) => h.into_iter().take(n).collect(),
+        (n, None) => (0..n).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
+    };
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempdir()?;
+            temp.path.clone()
+        }
+    };
+    let executors = if args.in_process {
+        Executors::InProcess
+    } else {
+        Executors::Process(Launch::new(std::env::current_exe().context("locating the hams binary")?, 1)?)
+    };
+    let feed = match &args.input {
+        Some(path) => {
+            let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let lines = text.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).map(<[u8]>::to_vec).collect();
+            Feed::Lines(std::sync::Arc::new(lines))
+        }
+        None if graph.source.kind == hams_dataflow::SourceKind::Log => Feed::None,
+        None => Feed::Generate {
+            total: (args.requests > 0).then_some(args.requests),
+            rate: args.rate,
+        },
+    };
+    let timely = Timely {
+        threads: args.threads.max(1),
+        process,
+        addresses,
+    };
+    if process == 0 && !args.json {
+        let placement = place(&graph, Cluster { processes, threads: timely.threads });
+        eprintln!("hams: graph {} ({}), {} worker(s) x {} process(es); executors:\n{placement}", graph.name, graph.origin, timely.threads, processes);
+    }
+    let config = RunConfig {
+        graph,
+        timely,
+        feed,
+        data_dir,
+        epoch_us: args.epoch_us,
+        max_inflight: args.max_inflight.max(1),
+        executors: executors.clone(),
+        noise: if args.nondeterministic { 1e-4 } else { 0.0 },
+        sync: !args.no_sync,
+        progress: !args.quiet && !args.json,
+        duration: args.duration.map(Duration::from_secs_f64),
+    };
+    install_ctrl_c();
+    let summary = hams_dataflow::run(config);
+    if let Executors::Process(launch) = &executors {
+        process::cleanup(launch);
+    }
+    let Some(summary) = summary? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!("{summary}");
+    }
+    if summary.lost > 0 || summary.duplicated > 0 {
+        eprintln!("hams: exactly-once violated: {} lost, {} duplicated", summary.lost, summary.duplicated);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install_ctrl_c() {
+    extern "C" fn on_signal(_: libc::c_int) {
+        hams_dataflow::run::request_stop();
+    }
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+fn tempdir() -> Result<TempDir> {
+    let path = std::env::temp_dir().join(format!("hams-data-{}-{}", std::process::id(), hams_operators::model::noise::Noise::entropy_seed() % 1_000_000));
+    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(TempDir { path })
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn check(args: &cli::CheckArgs) -> Result<ExitCode> {
+    let graph = load_graph(Some(&args.graph), Scale::Small)?;
+    println!("graph {} ({}): ok", graph.name, graph.origin);
+    println!("  source: {:?} {:?}, sessions {}", graph.source.input, graph.source.shape, graph.source.sessions);
+    for n in &graph.nodes {
+        let s = &n.spec;
+        println!(
+            "  {:<14} {:<6} in {:>5} -> out {:<5} {}{}",
+            s.name,
+            s.arch.name(),
+            s.input_len,
+            s.output_len,
+            if s.is_stateful() { "stateful" } else { "stateless" },
+            if n.replicas > 1 { format!(", {} replicas", n.replicas) } else { String::new() }
+        );
+    }
+    let p = place(&graph, Cluster { processes: args.processes, threads: args.threads.max(1) });
+    print!("placement:\n{p}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(args: &cli::ExportArgs) -> Result<ExitCode> {
+    let graph = load_graph(Some(&args.graph), Scale::Small)?;
+    let node = graph.node(&args.node).with_context(|| format!("no node {:?} in {}", args.node, graph.origin))?;
+    let params = hams_operators::model::weights::resolve(&node.spec)?;
+    hams_operators::model::weights::save_safetensors(&params, &args.out)?;
+    println!("wrote {} tensors of {} to {}", params.len(), args.node, args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
