@@ -12,7 +12,7 @@ use hams_operators::ops::sink::{Release, SinkConfig, SinkStats};
 use hams_operators::ops::{Envelope, Epoch, Failure, Route};
 use hams_storage::Store;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::{Concatenate, Operator, Probe};
+use timely::dataflow::operators::{Concatenate, Input as _, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle, Stream};
 use timely::worker::Worker;
 
@@ -57,6 +57,28 @@ fn spawn(plan: &Plan, node: usize, replica: &str) -> Result<ExecutorHandle> {
     })
 }
 
+/// The stream feeding a node: its one input, or the join of several by `seq`.
+fn gather<'s>(
+    scope: timely::dataflow::Scope<'s, Epoch>,
+    source: &Stream<'s, Epoch, Vec<Envelope>>,
+    inputs: &[Input],
+    outputs: &[Stream<'s, Epoch, Vec<Envelope>>],
+    route: Route,
+) -> Stream<'s, Epoch, Vec<Envelope>> {
+    let mut streams: Vec<_> = inputs
+        .iter()
+        .map(|i| match i {
+            Input::Source => source.clone(),
+            Input::Node(j) => outputs[*j].clone(),
+        })
+        .collect();
+    if streams.len() == 1 {
+        streams.pop().expect("one")
+    } else {
+        scope.join_by_seq(streams, route)
+    }
+}
+
 /// Builds the dataflow of `plan` on `worker`, spawning the executors it hosts.
 pub(crate) fn build(worker: &mut Worker, plan: &Plan, store: Arc<Store>) -> Result<Handles> {
     let index = worker.index();
@@ -69,22 +91,8 @@ pub(crate) fn build(worker: &mut Worker, plan: &Plan, store: Arc<Store>) -> Resu
         let source = scope.input_from(&mut ok_in);
         let mut failures = vec![scope.input_from(&mut err_in)];
         let mut outputs: Vec<Stream<'_, Epoch, Vec<Envelope>>> = Vec::with_capacity(plan.graph.nodes.len());
-        let gather = |inputs: &[Input], outputs: &[Stream<'_, Epoch, Vec<Envelope>>], route: Route| {
-            let mut streams: Vec<_> = inputs
-                .iter()
-                .map(|i| match i {
-                    Input::Source => source.clone(),
-                    Input::Node(j) => outputs[*j].clone(),
-                })
-                .collect();
-            if streams.len() == 1 {
-                streams.pop().expect("one")
-            } else {
-                scope.join_by_seq(streams, route)
-            }
-        };
         for (i, (node, place)) in plan.graph.nodes.iter().zip(&plan.placement.nodes).enumerate() {
-            let input = gather(&node.inputs, &outputs, place.route.clone());
+            let input = gather(scope, &source, &node.inputs, &outputs, place.route.clone());
             let executor = match place.hosts.iter().position(|h| *h == index) {
                 Some(0) => Some(spawn(plan, i, "primary")?),
                 Some(k) => Some(spawn(plan, i, &format!("replica{k}"))?),
@@ -101,7 +109,7 @@ pub(crate) fn build(worker: &mut Worker, plan: &Plan, store: Arc<Store>) -> Resu
             outputs.push(ok);
             failures.push(err);
         }
-        let results = gather(&plan.graph.sink, &outputs, Route::Home);
+        let results = gather(scope, &source, &plan.graph.sink, &outputs, Route::Home);
         let failures = scope.concatenate(failures);
         let sink = SinkConfig {
             store,

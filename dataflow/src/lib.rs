@@ -11,6 +11,7 @@
 //! - [`placement`]: which worker hosts which executor.
 //! - [`compile`]: one worker's timely dataflow for a graph.
 //! - [`source`]: ingestion into the durable source log.
+//! - [`reference`]: the single-threaded reference evaluator (test oracle).
 //! - [`run`]: workers, epochs, flow control and the run's summary.
 //! - [`summary`]: latency histogram and the summary report.
 #![warn(missing_docs)]
@@ -20,6 +21,7 @@ pub mod def;
 pub mod error;
 pub mod graph;
 pub mod placement;
+pub mod reference;
 pub mod run;
 pub mod source;
 pub mod summary;

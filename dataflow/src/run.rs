@@ -161,7 +161,8 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
 fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunConfig, store: Arc<Store>) -> Result<Option<Summary>> {
     let index = worker.index();
     let peers = worker.peers();
-    let mut handles = compile::build(worker, plan, store.clone())?;
+    let handles = compile::build(worker, plan, store.clone())?;
+    let mut inputs = Some((handles.ok_in, handles.err_in));
     let mut ingest = Ingest::new(store, &plan.graph, index as u32, peers as u32, config.feed.clone(), config.sync)?;
     // Start the clocks together so epochs line up across workers.
     timely::synchronization::Barrier::new(worker).wait();
@@ -170,17 +171,16 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
     let epoch_us = config.epoch_us.max(1);
     let open_loop = matches!(config.feed, Feed::Generate { rate: Some(_), .. });
     let mut epoch = 0u64;
-    let mut open = true;
     let mut in_flight: std::collections::VecDeque<(u64, usize)> = Default::default();
     let mut outstanding = 0usize;
     let mut last_progress = Instant::now();
     loop {
         let elapsed_us = start.elapsed().as_micros() as u64;
         let tick = elapsed_us / epoch_us;
-        if open && tick > epoch {
+        if let Some((ok_in, err_in)) = inputs.as_mut().filter(|_| tick > epoch) {
             epoch = tick;
-            handles.ok_in.advance_to(epoch);
-            handles.err_in.advance_to(epoch);
+            ok_in.advance_to(epoch);
+            err_in.advance_to(epoch);
         }
         while let Some(&(e, n)) = in_flight.front() {
             if handles.probe.less_equal(&e) {
@@ -189,7 +189,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
             in_flight.pop_front();
             outstanding -= n;
         }
-        if open {
+        if let Some((ok_in, err_in)) = inputs.as_mut() {
             let budget = if open_loop { 4096 } else { config.max_inflight.saturating_sub(outstanding) };
             if budget > 0 {
                 let records = ingest.poll(start_us, elapsed_us, budget)?;
@@ -197,8 +197,8 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
                     let n = records.len();
                     for (offset, rec) in records {
                         match ingest.admit(offset, rec) {
-                            Ok(env) => handles.ok_in.send(env),
-                            Err(fail) => handles.err_in.send(fail),
+                            Ok(env) => ok_in.send(env),
+                            Err(fail) => err_in.send(fail),
                         }
                     }
                     match in_flight.back_mut() {
@@ -210,12 +210,11 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
             }
             let out_of_time = config.duration.is_some_and(|d| start.elapsed() >= d);
             if ingest.done() || out_of_time || STOP.load(Ordering::SeqCst) {
-                open = false;
                 // Closing the inputs lets the frontier run to the end.
-                handles.ok_in.advance_to(u64::MAX);
-                handles.err_in.advance_to(u64::MAX);
+                inputs = None;
             }
         }
+        let open = inputs.is_some();
         let wait_us = if open {
             let next_tick = (tick + 1) * epoch_us;
             let next = ingest.next_due_us().map_or(next_tick, |d| d.min(next_tick));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use hams_operators::ops::{Envelope, Failure, Meta};
 use hams_storage::{Batch, Cf, ErrorKind, Generator, Log, Request, RequestError, SourceRecord, Store, Values};
 
-use crate::def::ElemType;
+use crate::def::{ElemType, SourceDef};
 use crate::error::Result;
 use crate::graph::Graph;
 
@@ -41,8 +41,7 @@ pub(crate) struct Ingest {
     /// Requests of this worker's share created so far.
     made: u64,
     sync: bool,
-    elem: ElemType,
-    len: usize,
+    source: SourceDef,
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -71,8 +70,7 @@ impl Ingest {
             feed,
             made: 0,
             sync,
-            elem: graph.source.input,
-            len: graph.source.shape.iter().product(),
+            source: graph.source.clone(),
         })
     }
 
@@ -144,42 +142,49 @@ impl Ingest {
 
     /// Turns a logged request into a dataflow record, or a typed error for its client.
     pub(crate) fn admit(&self, offset: u64, rec: SourceRecord) -> std::result::Result<Envelope, Failure> {
-        let mut meta = Meta {
-            seq: offset * self.partitions as u64 + self.partition as u64,
-            home: self.partition,
-            offset,
-            session: None,
-            start: false,
-            end: false,
-            ingest_us: rec.ingest_us,
-        };
-        let fail = |meta, kind, message| Failure {
-            meta,
-            error: RequestError {
-                node: "source".into(),
-                kind,
-                message,
-            },
-        };
-        let req = match Request::decode(&rec.bytes) {
-            Ok(r) => r,
-            Err(e) => return Err(fail(meta, ErrorKind::Malformed, e.to_string())),
-        };
-        meta.session = req.session;
-        meta.start = req.start;
-        meta.end = req.end;
-        let kind_ok = matches!((&req.input, self.elem), (Values::F32(_), ElemType::F32) | (Values::Tokens(_), ElemType::Tokens));
-        if !kind_ok {
-            let want = if self.elem == ElemType::F32 { "f32 \"input\"" } else { "\"tokens\"" };
-            return Err(fail(meta, ErrorKind::Type, format!("this service takes {want}, got {}", req.input.kind())));
-        }
-        if req.input.len() != self.len {
-            return Err(fail(meta, ErrorKind::Shape, format!("input has {} elements, the service takes {}", req.input.len(), self.len)));
-        }
-        Ok(Envelope {
-            meta,
-            values: req.input,
-            lineage: Vec::new(),
-        })
+        admit(&self.source, offset * self.partitions as u64 + self.partition as u64, self.partition, offset, rec.ingest_us, &rec.bytes)
     }
+}
+
+/// Decodes and checks a request against the graph's source, into a dataflow
+/// record or a typed error for its client.
+pub fn admit(source: &SourceDef, seq: u64, home: u32, offset: u64, ingest_us: u64, bytes: &[u8]) -> std::result::Result<Envelope, Failure> {
+    let mut meta = Meta {
+        seq,
+        home,
+        offset,
+        session: None,
+        start: false,
+        end: false,
+        ingest_us,
+    };
+    let fail = |meta, kind, message| Failure {
+        meta,
+        error: RequestError {
+            node: "source".into(),
+            kind,
+            message,
+        },
+    };
+    let req = match Request::decode(bytes) {
+        Ok(r) => r,
+        Err(e) => return Err(fail(meta, ErrorKind::Malformed, e.to_string())),
+    };
+    meta.session = req.session;
+    meta.start = req.start;
+    meta.end = req.end;
+    let kind_ok = matches!((&req.input, source.input), (Values::F32(_), ElemType::F32) | (Values::Tokens(_), ElemType::Tokens));
+    if !kind_ok {
+        let want = if source.input == ElemType::F32 { "f32 \"input\"" } else { "\"tokens\"" };
+        return Err(fail(meta, ErrorKind::Type, format!("this service takes {want}, got {}", req.input.kind())));
+    }
+    let len: usize = source.shape.iter().product();
+    if req.input.len() != len {
+        return Err(fail(meta, ErrorKind::Shape, format!("input has {} elements, the service takes {len}", req.input.len())));
+    }
+    Ok(Envelope {
+        meta,
+        values: req.input,
+        lineage: Vec::new(),
+    })
 }

@@ -104,7 +104,7 @@ impl Engine {
     /// appearing several times is stepped once per occurrence, in order.
     pub fn infer(&mut self, req: &InferRequest) -> InferResponse {
         let started = Instant::now();
-        let mut outputs: Vec<Result<Vec<f32>, ItemError>> = vec![Ok(Vec::new()); req.items.len()];
+        let mut outputs: Vec<std::result::Result<Vec<f32>, ItemError>> = vec![Ok(Vec::new()); req.items.len()];
         let mut draws = Vec::new();
         let mut changed = BTreeMap::new();
         // Waves: the k-th occurrence of each session goes to wave k.

@@ -27,7 +27,7 @@ pub type Params = BTreeMap<String, Param>;
 /// The parameter names and shapes `spec` requires, with each one's fan-in for init.
 pub fn layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>, usize)> {
     let mut out = Vec::new();
-    let mut linear = |out: &mut Vec<_>, prefix: &str, fan_in: usize, fan_out: usize| {
+    let linear = |out: &mut Vec<_>, prefix: &str, fan_in: usize, fan_out: usize| {
         out.push((format!("{prefix}.weight"), vec![fan_out, fan_in], fan_in));
         out.push((format!("{prefix}.bias"), vec![fan_out], fan_in));
     };

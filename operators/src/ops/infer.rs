@@ -7,7 +7,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Stream;
 
 use super::{Envelope, Epoch, Failure, Meta, Route};
 use crate::executor::protocol::{InferRequest, InferResponse, Item, ToExecutor};

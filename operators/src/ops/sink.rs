@@ -11,7 +11,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Stream;
 
 use super::{Envelope, Epoch, Failure};
 use crate::error::Result;
@@ -233,7 +233,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                     }
                 }
                 // Keep the audit capability just behind the inputs; spend it when they end.
-                let least = frontiers.iter().flat_map(|f| f.frontier().iter().copied()).min();
+                let least = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
                 match (least, final_cap.as_mut()) {
                     (Some(t), Some(cap)) if *cap.time() < t => cap.downgrade(&t),
                     (None, Some(_)) if waiting.is_empty() => {
