@@ -28,7 +28,10 @@ pub fn launch(args: &RunArgs, processes: usize, hosts: Option<Vec<String>>) -> R
     let dir = std::env::temp_dir().join(format!("hams-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let hostfile = dir.join("hosts.txt");
-    std::fs::write(&hostfile, hosts.iter().take(processes).map(|h| format!("{h}\n")).collect::<String>())?;
+    std::fs::write(
+        &hostfile,
+        hosts.iter().take(processes).map(|h| format!("{h}\n")).collect::<String>(),
+    )?;
     let data_dir: PathBuf = args.data_dir.clone().unwrap_or_else(|| dir.join("data"));
     let exe = std::env::current_exe().context("locating the hams binary")?;
     // Forward the user's arguments minus the cluster ones, which we set per child.
@@ -46,7 +49,10 @@ pub fn launch(args: &RunArgs, processes: usize, hosts: Option<Vec<String>>) -> R
             _ => forwarded.push(a),
         }
     }
-    eprintln!("hams: starting a local cluster of {processes} processes ({})", hosts[..processes].join(", "));
+    eprintln!(
+        "hams: starting a local cluster of {processes} processes ({})",
+        hosts[..processes].join(", ")
+    );
     let mut children = Vec::new();
     for p in 0..processes {
         let child = Command::new(&exe)
@@ -79,5 +85,8 @@ pub fn launch(args: &RunArgs, processes: usize, hosts: Option<Vec<String>>) -> R
 
 fn free_ports(n: usize) -> Result<Vec<String>> {
     let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
-    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.to_string())).collect::<std::io::Result<_>>()?)
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<std::io::Result<_>>()?)
 }

@@ -45,7 +45,10 @@ fn main() -> ExitCode {
 pub fn load_graph(path: Option<&Path>, scale: Scale) -> Result<Graph> {
     let (def, origin) = match path {
         Some(p) => (GraphDef::from_file(p)?, p.display().to_string()),
-        None => (GraphDef::from_toml(DEMO_GRAPH, "built-in stock graph")?, "built-in stock graph".to_string()),
+        None => (
+            GraphDef::from_toml(DEMO_GRAPH, "built-in stock graph")?,
+            "built-in stock graph".to_string(),
+        ),
     };
     let def = match scale {
         Scale::Small => def,
@@ -56,7 +59,12 @@ pub fn load_graph(path: Option<&Path>, scale: Scale) -> Result<Graph> {
 
 fn read_hostfile(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading hostfile {}", path.display()))?;
-    let hosts: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    let hosts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
     if hosts.is_empty() {
         bail!("hostfile {} lists no host", path.display());
     }
@@ -100,7 +108,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let feed = match &args.input {
         Some(path) => {
             let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let lines = text.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).map(<[u8]>::to_vec).collect();
+            let lines = text
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .map(<[u8]>::to_vec)
+                .collect();
             Feed::Lines(std::sync::Arc::new(lines))
         }
         None if graph.source.kind == hams_dataflow::SourceKind::Log => Feed::None,
@@ -115,8 +127,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         addresses,
     };
     if process == 0 && !args.json {
-        let placement = place(&graph, Cluster { processes, threads: timely.threads });
-        eprintln!("hams: graph {} ({}), {} worker(s) x {} process(es); executors:\n{placement}", graph.name, graph.origin, timely.threads, processes);
+        let placement = place(
+            &graph,
+            Cluster {
+                processes,
+                threads: timely.threads,
+            },
+        );
+        eprintln!(
+            "hams: graph {} ({}), {} worker(s) x {} process(es); executors:\n{placement}",
+            graph.name, graph.origin, timely.threads, processes
+        );
     }
     let config = RunConfig {
         graph,
@@ -145,7 +166,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         println!("{summary}");
     }
     if summary.lost > 0 || summary.duplicated > 0 {
-        eprintln!("hams: exactly-once violated: {} lost, {} duplicated", summary.lost, summary.duplicated);
+        eprintln!(
+            "hams: exactly-once violated: {} lost, {} duplicated",
+            summary.lost, summary.duplicated
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -168,7 +192,11 @@ struct TempDir {
 }
 
 fn tempdir() -> Result<TempDir> {
-    let path = std::env::temp_dir().join(format!("hams-data-{}-{}", std::process::id(), hams_operators::model::noise::Noise::entropy_seed() % 1_000_000));
+    let path = std::env::temp_dir().join(format!(
+        "hams-data-{}-{}",
+        std::process::id(),
+        hams_operators::model::noise::Noise::entropy_seed() % 1_000_000
+    ));
     std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     Ok(TempDir { path })
 }
@@ -182,7 +210,10 @@ impl Drop for TempDir {
 fn check(args: &cli::CheckArgs) -> Result<ExitCode> {
     let graph = load_graph(Some(&args.graph), Scale::Small)?;
     println!("graph {} ({}): ok", graph.name, graph.origin);
-    println!("  source: {:?} {:?}, sessions {}", graph.source.input, graph.source.shape, graph.source.sessions);
+    println!(
+        "  source: {:?} {:?}, sessions {}",
+        graph.source.input, graph.source.shape, graph.source.sessions
+    );
     for n in &graph.nodes {
         let s = &n.spec;
         println!(
@@ -192,17 +223,29 @@ fn check(args: &cli::CheckArgs) -> Result<ExitCode> {
             s.input_len,
             s.output_len,
             if s.is_stateful() { "stateful" } else { "stateless" },
-            if n.replicas > 1 { format!(", {} replicas", n.replicas) } else { String::new() }
+            if n.replicas > 1 {
+                format!(", {} replicas", n.replicas)
+            } else {
+                String::new()
+            }
         );
     }
-    let p = place(&graph, Cluster { processes: args.processes, threads: args.threads.max(1) });
+    let p = place(
+        &graph,
+        Cluster {
+            processes: args.processes,
+            threads: args.threads.max(1),
+        },
+    );
     print!("placement:\n{p}");
     Ok(ExitCode::SUCCESS)
 }
 
 fn export(args: &cli::ExportArgs) -> Result<ExitCode> {
     let graph = load_graph(Some(&args.graph), Scale::Small)?;
-    let node = graph.node(&args.node).with_context(|| format!("no node {:?} in {}", args.node, graph.origin))?;
+    let node = graph
+        .node(&args.node)
+        .with_context(|| format!("no node {:?} in {}", args.node, graph.origin))?;
     let params = hams_operators::model::weights::resolve(&node.spec)?;
     hams_operators::model::weights::save_safetensors(&params, &args.out)?;
     println!("wrote {} tensors of {} to {}", params.len(), args.node, args.out.display());

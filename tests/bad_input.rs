@@ -24,15 +24,27 @@ fn bad_requests_get_typed_errors_and_the_rest_complete() {
         (good(10, true, false, 0.1), None),
         ("this is not a request".into(), Some(ErrorKind::Malformed)),
         (good(10, false, false, 0.2), None),
-        (r#"{"session": 3, "start": true, "input": [1.0, 2.0]}"#.into(), Some(ErrorKind::Shape)),
+        (
+            r#"{"session": 3, "start": true, "input": [1.0, 2.0]}"#.into(),
+            Some(ErrorKind::Shape),
+        ),
         (good(10, false, true, 0.3), None),
-        (format!(r#"{{"session": 3, "start": true, "tokens": {:?}}}"#, vec![1; 16]), Some(ErrorKind::Type)),
+        (
+            format!(r#"{{"session": 3, "start": true, "tokens": {:?}}}"#, vec![1; 16]),
+            Some(ErrorKind::Type),
+        ),
         (good(12, true, false, 0.4), None),
-        (format!(r#"{{"session": 999, "input": {:?}}}"#, vec![0.5; 16]), Some(ErrorKind::UnknownSession)),
+        (
+            format!(r#"{{"session": 999, "input": {:?}}}"#, vec![0.5; 16]),
+            Some(ErrorKind::UnknownSession),
+        ),
         (good(12, false, false, 0.5), None),
         (format!(r#"{{"input": {:?}}}"#, vec![0.5; 16]), Some(ErrorKind::UnknownSession)),
         (good(10, false, false, 0.6), Some(ErrorKind::UnknownSession)), // session 10 has ended
-        (r#"{"session": 4, "start": true, "input": [1.0, "two"]}"#.into(), Some(ErrorKind::Malformed)),
+        (
+            r#"{"session": 4, "start": true, "input": [1.0, "two"]}"#.into(),
+            Some(ErrorKind::Malformed),
+        ),
         (good(12, false, true, 0.7), None),
     ];
     let file = dir.path().join("requests.jsonl");
@@ -77,7 +89,10 @@ fn a_broken_graph_file_is_a_clear_error() {
     let out = common::hams().args(["run", "--graph", file.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broken.toml") && err.contains("node \"m\"") && err.contains("unknown input \"nope\""), "{err}");
+    assert!(
+        err.contains("broken.toml") && err.contains("node \"m\"") && err.contains("unknown input \"nope\""),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -85,7 +100,10 @@ fn a_broken_graph_file_is_a_clear_error() {
 fn a_foreign_data_dir_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("thesis.tex"), "precious").unwrap();
-    let out = common::hams().args(["run", "--requests", "10", "--data-dir", dir.path().to_str().unwrap()]).output().unwrap();
+    let out = common::hams()
+        .args(["run", "--requests", "10", "--data-dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a hams data directory"), "{err}");
@@ -103,13 +121,23 @@ fn a_corrupt_database_is_refused_with_a_clear_error() {
     let marker = dir.path().join("p0/FORMAT");
     let original = std::fs::read_to_string(&marker).unwrap();
     std::fs::write(&marker, "hams-lineage v999\n").unwrap();
-    let out = common::hams().args(["run", "--graph", g.to_str().unwrap(), "--requests", "5", "--data-dir", data]).output().unwrap();
+    let out = common::hams()
+        .args(["run", "--graph", g.to_str().unwrap(), "--requests", "5", "--data-dir", data])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("v999"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("v999"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(&marker, original).unwrap();
     // A database whose manifest pointer is garbage.
     std::fs::write(dir.path().join("p0/db/CURRENT"), "garbage\n").unwrap();
-    let out = common::hams().args(["run", "--graph", g.to_str().unwrap(), "--requests", "5", "--data-dir", data]).output().unwrap();
+    let out = common::hams()
+        .args(["run", "--graph", g.to_str().unwrap(), "--requests", "5", "--data-dir", data])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("hams: error:") && !err.contains("panicked"), "{err}");

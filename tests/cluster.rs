@@ -19,7 +19,14 @@ fn three_processes_from_a_hostfile_release_everything_once() {
         .map(|p| {
             common::hams()
                 .args(["run", "--graph", g.to_str().unwrap(), "-w", "2", "--requests", "3000", "--json"])
-                .args(["-p", &p.to_string(), "-h", hosts.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+                .args([
+                    "-p",
+                    &p.to_string(),
+                    "-h",
+                    hosts.to_str().unwrap(),
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                ])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -34,7 +41,11 @@ fn three_processes_from_a_hostfile_release_everything_once() {
     assert!(outs[1].stdout.is_empty() && outs[2].stdout.is_empty());
     let stdout = String::from_utf8_lossy(&outs[0].stdout);
     let s: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!((s["released"].as_u64(), s["lost"].as_u64(), s["duplicated"].as_u64()), (Some(3000), Some(0), Some(0)), "{s}");
+    assert_eq!(
+        (s["released"].as_u64(), s["lost"].as_u64(), s["duplicated"].as_u64()),
+        (Some(3000), Some(0), Some(0)),
+        "{s}"
+    );
     assert_eq!(s["workers"], 6);
     assert_eq!(s["processes"], 3);
     let results = common::outputs(&data, 6);

@@ -53,13 +53,19 @@ fn example_graphs_have_the_hams_shapes() {
 
 #[test]
 fn unknown_input_names_node_and_input() {
-    let e = err_of(&with_nodes("[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"ghost\"]\noutput = 2", "[\"a\"]"));
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"ghost\"]\noutput = 2",
+        "[\"a\"]",
+    ));
     assert!(e.contains("node \"a\"") && e.contains("unknown input \"ghost\""), "{e}");
 }
 
 #[test]
 fn missing_inputs_are_refused() {
-    let e = err_of(&with_nodes("[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = []\noutput = 2", "[\"a\"]"));
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = []\noutput = 2",
+        "[\"a\"]",
+    ));
     assert!(e.contains("node \"a\"") && e.contains("has no inputs"), "{e}");
     let e = err_of(&with_nodes("[[node]]\nname = \"a\"\nmodel = \"mlp\"\noutput = 2", "[\"a\"]"));
     assert!(e.contains("missing field `inputs`"), "{e}");
@@ -70,19 +76,28 @@ fn cycles_are_reported_with_their_path() {
     let nodes = "[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"b\"]\noutput = 2\n\
                  [[node]]\nname = \"b\"\nmodel = \"mlp\"\ninputs = [\"a\"]\noutput = 2";
     let e = err_of(&with_nodes(nodes, "[\"a\"]"));
-    assert!(e.contains("cycle through nodes") && e.contains("a -> b") || e.contains("b -> a"), "{e}");
+    assert!(
+        e.contains("cycle through nodes") && e.contains("a -> b") || e.contains("b -> a"),
+        "{e}"
+    );
 }
 
 #[test]
 fn type_and_shape_mismatches_name_the_node() {
     // A text model fed features.
-    let e = err_of(&with_nodes("[[node]]\nname = \"t\"\nmodel = \"text\"\ninputs = [\"source\"]\nvocab = 10\nembed = 4\noutput = 2", "[\"t\"]"));
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"t\"\nmodel = \"text\"\ninputs = [\"source\"]\nvocab = 10\nembed = 4\noutput = 2",
+        "[\"t\"]",
+    ));
     assert!(e.contains("node \"t\"") && e.contains("type mismatch"), "{e}");
     // Declared input width differs from what the upstream node gives.
     let nodes = "[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"source\"]\noutput = 4\n\
                  [[node]]\nname = \"b\"\nmodel = \"mlp\"\ninputs = [\"a\"]\ninput = 5\noutput = 2";
     let e = err_of(&with_nodes(nodes, "[\"b\"]"));
-    assert!(e.contains("node \"b\"") && e.contains("shape mismatch") && e.contains("gives 4"), "{e}");
+    assert!(
+        e.contains("node \"b\"") && e.contains("shape mismatch") && e.contains("give 4"),
+        "{e}"
+    );
     // A CNN whose channels do not divide its input.
     let e = err_of(&with_nodes(
         "[[node]]\nname = \"c\"\nmodel = \"cnn1d\"\ninputs = [\"source\"]\nchannels = 3\nfilters = 4\nkernel = 3\noutput = 2",
@@ -98,11 +113,20 @@ fn other_mistakes_are_clear() {
     assert!(e.contains("defined twice"), "{e}");
     let e = err_of(&with_nodes(&format!("{}{}", mlp("a", "source"), mlp("b", "source")), "[\"a\"]"));
     assert!(e.contains("node \"b\"") && e.contains("goes nowhere"), "{e}");
-    let e = err_of(&with_nodes("[[node]]\nname = \"a\"\nmodel = \"transformer\"\ninputs = [\"source\"]\noutput = 2", "[\"a\"]"));
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"a\"\nmodel = \"transformer\"\ninputs = [\"source\"]\noutput = 2",
+        "[\"a\"]",
+    ));
     assert!(e.contains("unknown model \"transformer\""), "{e}");
-    let e = err_of(&with_nodes("[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"source\"]\noutput = 2\ncolour = 1", "[\"a\"]"));
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"source\"]\noutput = 2\ncolour = 1",
+        "[\"a\"]",
+    ));
     assert!(e.contains("unknown field `colour`"), "{e}");
-    let e = err_of(&with_nodes("[[node]]\nname = \"a\"\nmodel = \"mlp\"\nstateful = true\ninputs = [\"source\"]\noutput = 2", "[\"a\"]"));
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"a\"\nmodel = \"mlp\"\nstateful = true\ninputs = [\"source\"]\noutput = 2",
+        "[\"a\"]",
+    ));
     assert!(e.contains("declared stateful = true"), "{e}");
     let e = err_of("name = \"t\"\n[source\nshape = [8]");
     assert!(e.contains("test.toml"), "{e}");

@@ -6,7 +6,15 @@ mod common;
 fn check_run(graph: &str, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let g = common::graph(graph);
-    let mut args = vec!["run", "--graph", g.to_str().unwrap(), "--requests", "2000", "--data-dir", dir.path().to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        "--graph",
+        g.to_str().unwrap(),
+        "--requests",
+        "2000",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
     args.extend(extra);
     let s = common::run_json(&args);
     assert_eq!(s["released"], 2000, "{graph} {extra:?}: {s}");

@@ -11,7 +11,17 @@ mod common;
 fn compare(graph: &str, workers: &str) {
     let dir = tempfile::tempdir().unwrap();
     let g = common::graph(graph);
-    let s = common::run_json(&["run", "--graph", g.to_str().unwrap(), "-w", workers, "--requests", "1500", "--data-dir", dir.path().to_str().unwrap()]);
+    let s = common::run_json(&[
+        "run",
+        "--graph",
+        g.to_str().unwrap(),
+        "-w",
+        workers,
+        "--requests",
+        "1500",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(s["released"], 1500, "{s}");
     let partitions = workers.parse().unwrap();
     let requests = common::requests(dir.path(), partitions);
@@ -29,7 +39,12 @@ fn compare(graph: &str, workers: &str) {
         };
         assert_eq!(got.len(), want.len());
         for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "seq {} session {:?}: {got:?} vs reference {want:?}", out.seq, out.session);
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "seq {} session {:?}: {got:?} vs reference {want:?}",
+                out.seq,
+                out.session
+            );
         }
     }
     assert!(sessions.len() > 20, "sessions interleave: {}", sessions.len());

@@ -116,17 +116,18 @@ pub(crate) fn build(worker: &mut Worker, plan: &Plan, store: Arc<Store>) -> Resu
             partition: index as u32,
             sync: plan.sync,
         };
-        results
-            .release(failures, sink)?
-            .probe_with(&probe)
-            .sink(Exchange::new(|_: &SinkStats| 0), "CollectStats", move |(input, _frontier)| {
+        results.release(failures, sink)?.probe_with(&probe).sink(
+            Exchange::new(|_: &SinkStats| 0),
+            "CollectStats",
+            move |(input, _frontier)| {
                 input.for_each(|_, data| {
                     let mut t = sink_totals.borrow_mut();
                     for s in data.drain(..) {
                         t.add(s);
                     }
                 });
-            });
+            },
+        );
         Ok(())
     })?;
     Ok(Handles {

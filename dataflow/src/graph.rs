@@ -144,11 +144,7 @@ impl Checker<'_> {
                 })
                 .collect()
         };
-        let edges: Vec<Vec<Option<usize>>> = def
-            .nodes
-            .iter()
-            .map(|n| resolve(&n.name, &n.inputs))
-            .collect::<Result<_>>()?;
+        let edges: Vec<Vec<Option<usize>>> = def.nodes.iter().map(|n| resolve(&n.name, &n.inputs)).collect::<Result<_>>()?;
         let sink_edges = resolve("sink", &def.sink.inputs)?;
         let order = self.topo_order(&edges)?;
         // Every node must feed the sink, or its work would be lost.
@@ -215,7 +211,13 @@ impl Checker<'_> {
             Active,
             Done,
         }
-        fn visit(i: usize, edges: &[Vec<Option<usize>>], mark: &mut [Mark], stack: &mut Vec<usize>, order: &mut Vec<usize>) -> std::result::Result<(), Vec<usize>> {
+        fn visit(
+            i: usize,
+            edges: &[Vec<Option<usize>>],
+            mark: &mut [Mark],
+            stack: &mut Vec<usize>,
+            order: &mut Vec<usize>,
+        ) -> std::result::Result<(), Vec<usize>> {
             match mark[i] {
                 Mark::Done => return Ok(()),
                 Mark::Active => {
@@ -254,7 +256,10 @@ impl Checker<'_> {
 
     fn model(&self, n: &NodeDef, incoming: &[Port]) -> Result<(ModelSpec, usize)> {
         let err = |m: String| self.node_err(&n.name, m);
-        let need = |v: Option<usize>, what: &str| v.filter(|x| *x > 0).ok_or_else(|| err(format!("a {} model needs `{what}` (> 0)", n.model)));
+        let need = |v: Option<usize>, what: &str| {
+            v.filter(|x| *x > 0)
+                .ok_or_else(|| err(format!("a {} model needs `{what}` (> 0)", n.model)))
+        };
         let hidden_one = || match &n.hidden {
             Some(Hidden::One(h)) if *h > 0 => Ok(*h),
             _ => Err(err(format!("a {} model needs `hidden` as one width > 0", n.model))),
@@ -289,7 +294,11 @@ impl Checker<'_> {
                 vocab: need(n.vocab, "vocab")?,
                 embed: need(n.embed, "embed")?,
             },
-            other => return Err(err(format!("unknown model {other:?} (expected mlp, cnn1d, cnn2d, lstm, gru or text)"))),
+            other => {
+                return Err(err(format!(
+                    "unknown model {other:?} (expected mlp, cnn1d, cnn2d, lstm, gru or text)"
+                )))
+            }
         };
         if let Arch::Mlp { hidden } = &arch {
             if hidden.contains(&0) {
@@ -301,8 +310,15 @@ impl Checker<'_> {
         }
         // Types and shapes between connected nodes.
         if arch.takes_tokens() != tokens {
-            let (want, got) = if tokens { ("f32 features", "tokens") } else { ("tokens", "f32 features") };
-            return Err(err(format!("type mismatch: a {} model takes {want}, its input gives {got}", n.model)));
+            let (want, got) = if tokens {
+                ("f32 features", "tokens")
+            } else {
+                ("tokens", "f32 features")
+            };
+            return Err(err(format!(
+                "type mismatch: a {} model takes {want}, its input gives {got}",
+                n.model
+            )));
         }
         if let Some(declared) = n.input {
             if declared != len {
@@ -316,7 +332,10 @@ impl Checker<'_> {
                     _ => *channels,
                 };
                 if len % per != 0 || len == 0 {
-                    return Err(err(format!("shape mismatch: {len} input elements do not form {} of {per}", if per == *channels { "channels" } else { "channels x height" })));
+                    return Err(err(format!(
+                        "shape mismatch: {len} input elements do not form {} of {per}",
+                        if per == *channels { "channels" } else { "channels x height" }
+                    )));
                 }
                 if kernel % 2 == 0 {
                     return Err(err(format!("kernel {kernel} must be odd")));
@@ -343,12 +362,16 @@ impl Checker<'_> {
         }
         let replicas = n.replicas.unwrap_or(1);
         if replicas == 0 || (stateful && replicas > 1) {
-            return Err(err(format!("replicas = {replicas}: must be >= 1, and 1 for stateful models (they have a backup instead)")));
+            return Err(err(format!(
+                "replicas = {replicas}: must be >= 1, and 1 for stateful models (they have a backup instead)"
+            )));
         }
         if n.batch == 0 {
             return Err(err("batch must be >= 1".into()));
         }
-        let seed = n.seed.unwrap_or_else(|| n.name.bytes().fold(0x51ed_u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
+        let seed = n
+            .seed
+            .unwrap_or_else(|| n.name.bytes().fold(0x51ed_u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
         let spec = ModelSpec {
             name: n.name.clone(),
             arch,

@@ -127,7 +127,10 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         threads: config.timely.threads.max(1),
     };
     if config.timely.process >= cluster.processes {
-        return Err(Error::Config(format!("process index {} but only {} processes", config.timely.process, cluster.processes)));
+        return Err(Error::Config(format!(
+            "process index {} but only {} processes",
+            config.timely.process, cluster.processes
+        )));
     }
     let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
     let store = Store::open(&dir)?;
@@ -144,8 +147,11 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     });
     let config = Arc::new(config);
     let timely_config = config.timely.config();
-    let guards = timely::execute(timely_config, move |worker| worker_main(worker, &plan, &config, store.clone()))
-        .map_err(Error::Timely)?;
+    let guards = {
+        // Timely prints connection progress on stdout; keep stdout for results.
+        let _redirect = StdoutToStderr::new();
+        timely::execute(timely_config, move |worker| worker_main(worker, &plan, &config, store.clone())).map_err(Error::Timely)?
+    };
     let mut summary = None;
     for result in guards.join() {
         match result {
@@ -190,7 +196,11 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
             outstanding -= n;
         }
         if let Some((ok_in, err_in)) = inputs.as_mut() {
-            let budget = if open_loop { 4096 } else { config.max_inflight.saturating_sub(outstanding) };
+            let budget = if open_loop {
+                4096
+            } else {
+                config.max_inflight.saturating_sub(outstanding)
+            };
             if budget > 0 {
                 let records = ingest.poll(start_us, elapsed_us, budget)?;
                 if !records.is_empty() {
@@ -252,4 +262,37 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
         peers,
         plan.placement.cluster.processes,
     )))
+}
+
+/// Points fd 1 at stderr while alive (timely's cluster start-up `println!`s).
+struct StdoutToStderr {
+    saved: i32,
+}
+
+impl StdoutToStderr {
+    fn new() -> Self {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: dup/dup2 on the process's own standard descriptors; failures leave them as they were.
+        let saved = unsafe { libc::dup(1) };
+        if saved >= 0 {
+            // SAFETY: as above.
+            unsafe { libc::dup2(2, 1) };
+        }
+        StdoutToStderr { saved }
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if self.saved >= 0 {
+            // SAFETY: restores the descriptor saved in `new`.
+            unsafe {
+                libc::dup2(self.saved, 1);
+                libc::close(self.saved);
+            }
+        }
+    }
 }

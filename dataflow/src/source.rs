@@ -142,7 +142,14 @@ impl Ingest {
 
     /// Turns a logged request into a dataflow record, or a typed error for its client.
     pub(crate) fn admit(&self, offset: u64, rec: SourceRecord) -> std::result::Result<Envelope, Failure> {
-        admit(&self.source, offset * self.partitions as u64 + self.partition as u64, self.partition, offset, rec.ingest_us, &rec.bytes)
+        admit(
+            &self.source,
+            offset * self.partitions as u64 + self.partition as u64,
+            self.partition,
+            offset,
+            rec.ingest_us,
+            &rec.bytes,
+        )
     }
 }
 
@@ -173,14 +180,29 @@ pub fn admit(source: &SourceDef, seq: u64, home: u32, offset: u64, ingest_us: u6
     meta.session = req.session;
     meta.start = req.start;
     meta.end = req.end;
-    let kind_ok = matches!((&req.input, source.input), (Values::F32(_), ElemType::F32) | (Values::Tokens(_), ElemType::Tokens));
+    let kind_ok = matches!(
+        (&req.input, source.input),
+        (Values::F32(_), ElemType::F32) | (Values::Tokens(_), ElemType::Tokens)
+    );
     if !kind_ok {
-        let want = if source.input == ElemType::F32 { "f32 \"input\"" } else { "\"tokens\"" };
-        return Err(fail(meta, ErrorKind::Type, format!("this service takes {want}, got {}", req.input.kind())));
+        let want = if source.input == ElemType::F32 {
+            "f32 \"input\""
+        } else {
+            "\"tokens\""
+        };
+        return Err(fail(
+            meta,
+            ErrorKind::Type,
+            format!("this service takes {want}, got {}", req.input.kind()),
+        ));
     }
     let len: usize = source.shape.iter().product();
     if req.input.len() != len {
-        return Err(fail(meta, ErrorKind::Shape, format!("input has {} elements, the service takes {len}", req.input.len())));
+        return Err(fail(
+            meta,
+            ErrorKind::Shape,
+            format!("input has {} elements, the service takes {len}", req.input.len()),
+        ));
     }
     Ok(Envelope {
         meta,

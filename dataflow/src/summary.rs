@@ -176,7 +176,11 @@ impl Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "graph {}: {} workers in {} process(es), {:.2} s", self.graph, self.workers, self.processes, self.elapsed_s)?;
+        writeln!(
+            f,
+            "graph {}: {} workers in {} process(es), {:.2} s",
+            self.graph, self.workers, self.processes, self.elapsed_s
+        )?;
         writeln!(
             f,
             "released: {}, lost: {}, duplicated: {} (accepted {}, errors {})",
@@ -201,7 +205,7 @@ mod tests {
             h.record(v);
         }
         for q in [0.5, 0.9, 0.99] {
-            let exact = (q * 100_000.0) as f64;
+            let exact = q * 100_000.0;
             let got = h.quantile(q) as f64;
             assert!((got - exact).abs() / exact < 0.02, "q{q}: {got} vs {exact}");
         }

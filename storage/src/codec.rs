@@ -24,11 +24,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes an envelope written by [`encode`], checking magic, version and checksum.
 pub fn decode<T: DeserializeOwned>(cf: &'static str, key: &[u8], bytes: &[u8]) -> Result<T> {
-    let corrupt = |reason: String| Error::Corrupt {
-        cf,
-        key: hex(key),
-        reason,
-    };
+    let corrupt = |reason: String| Error::Corrupt { cf, key: hex(key), reason };
     if bytes.len() < HEADER {
         return Err(corrupt(format!("record of {} bytes is shorter than its header", bytes.len())));
     }
@@ -42,7 +38,9 @@ pub fn decode<T: DeserializeOwned>(cf: &'static str, key: &[u8], bytes: &[u8]) -
     let body = &bytes[HEADER..];
     let actual = crc32fast::hash(body);
     if stored != actual {
-        return Err(corrupt(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")));
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+        )));
     }
     bincode::deserialize(body).map_err(|e| corrupt(format!("undecodable body: {e}")))
 }

@@ -50,9 +50,7 @@ impl Log {
 
     /// The offset the next appended record gets.
     pub fn end_offset(&self, partition: u32) -> Result<u64> {
-        let last = self
-            .store
-            .last_key(self.cf, &key(partition, 0), &key(partition, u64::MAX))?;
+        let last = self.store.last_key(self.cf, &key(partition, 0), &key(partition, u64::MAX))?;
         let start = self.start_offset(partition)?;
         Ok(last.map_or(start, |k| (offset_of(&k) + 1).max(start)))
     }

@@ -165,9 +165,7 @@ pub struct Generator {
 impl Generator {
     /// The request at `offset` of `partition` out of `partitions`.
     pub fn request(&self, partition: u32, partitions: u32, offset: u64) -> Request {
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            self.seed ^ (offset.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((partition as u64) << 48),
-        );
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (offset.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((partition as u64) << 48));
         let input = match &self.input {
             InputKind::F32 { len } => Values::F32((0..*len).map(|_| rng.gen_range(-1.0f32..1.0)).collect()),
             InputKind::Tokens { len, vocab } => Values::Tokens((0..*len).map(|_| rng.gen_range(0..*vocab)).collect()),

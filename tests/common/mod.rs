@@ -15,7 +15,9 @@ pub fn hams() -> Command {
 
 /// Path of an example graph.
 pub fn graph(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/graphs").join(format!("{name}.toml"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/graphs")
+        .join(format!("{name}.toml"))
 }
 
 /// Runs `hams` with `args`, asserting success, and parses its `--json` line.
@@ -23,7 +25,11 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
     let out = hams().args(args).arg("--json").output().expect("hams runs");
     assert_success(&out, args);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON summary in {stdout:?}"));
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON summary in {stdout:?}"));
     serde_json::from_str(line).expect("valid JSON")
 }
 

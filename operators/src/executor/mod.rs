@@ -103,12 +103,7 @@ impl ExecutorHandle {
         events: mpsc::Receiver<Event>,
         shared: Arc<Shared>,
     ) -> Self {
-        ExecutorHandle {
-            name,
-            tx,
-            events,
-            shared,
-        }
+        ExecutorHandle { name, tx, events, shared }
     }
 
     /// `model/replica` name, for logs.

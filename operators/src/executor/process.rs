@@ -37,11 +37,7 @@ impl Launch {
     /// Executors run `program`, with sockets in a fresh directory under the system temp dir.
     pub fn new(program: PathBuf, threads: usize) -> Result<Self> {
         static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "hams-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = std::env::temp_dir().join(format!("hams-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
             context: format!("creating socket dir {}", dir.display()),
             source,

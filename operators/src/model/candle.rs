@@ -71,7 +71,9 @@ impl CandleModel {
                 let y = y.broadcast_add(&self.param("conv.bias").reshape((1, (), 1))?)?.relu()?;
                 (self.linear(&y.mean(2)?, "head")?, None)
             }
-            Arch::Cnn2d { channels, height, kernel, .. } => {
+            Arch::Cnn2d {
+                channels, height, kernel, ..
+            } => {
                 let x = features(&[rows, *channels, *height, n_in / (channels * height)])?;
                 let y = x.conv2d(self.param("conv.weight"), kernel / 2, 1, 1, 1)?;
                 let y = y.broadcast_add(&self.param("conv.bias").reshape((1, (), 1, 1))?)?.relu()?;
@@ -136,7 +138,12 @@ fn be(spec: &ModelSpec, e: candle_core::Error) -> Error {
 
 /// `lstm.weight_ih_l0` → `lstm.ih.weight`, so RNN matrices go through [`CandleModel::linear`].
 fn alias(name: &str) -> String {
-    for (torch, short) in [("weight_ih_l0", "ih.weight"), ("weight_hh_l0", "hh.weight"), ("bias_ih_l0", "ih.bias"), ("bias_hh_l0", "hh.bias")] {
+    for (torch, short) in [
+        ("weight_ih_l0", "ih.weight"),
+        ("weight_hh_l0", "hh.weight"),
+        ("bias_ih_l0", "ih.bias"),
+        ("bias_hh_l0", "hh.bias"),
+    ] {
         if let Some(prefix) = name.strip_suffix(torch) {
             return format!("{prefix}{short}");
         }

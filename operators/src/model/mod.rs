@@ -90,7 +90,11 @@ pub fn check_input(spec: &ModelSpec, rows: usize, input: Input<'_>, state: &[f32
         return Err(err(format!("{n} input elements for {rows} rows of {}", spec.input_len)));
     }
     if state.len() != rows * spec.arch.state_len() {
-        return Err(err(format!("{} state elements for {rows} rows of {}", state.len(), spec.arch.state_len())));
+        return Err(err(format!(
+            "{} state elements for {rows} rows of {}",
+            state.len(),
+            spec.arch.state_len()
+        )));
     }
     Ok(())
 }

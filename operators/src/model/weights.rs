@@ -46,14 +46,20 @@ pub fn layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>, usize)> {
             out.push(("conv.bias".into(), vec![*filters], fan_in));
             linear(&mut out, "head", *filters, spec.output_len);
         }
-        Arch::Cnn2d { channels, filters, kernel, .. } => {
+        Arch::Cnn2d {
+            channels, filters, kernel, ..
+        } => {
             let fan_in = channels * kernel * kernel;
             out.push(("conv.weight".into(), vec![*filters, *channels, *kernel, *kernel], fan_in));
             out.push(("conv.bias".into(), vec![*filters], fan_in));
             linear(&mut out, "head", *filters, spec.output_len);
         }
         Arch::Lstm { hidden } | Arch::Gru { hidden } => {
-            let (prefix, gates) = if matches!(spec.arch, Arch::Lstm { .. }) { ("lstm", 4) } else { ("gru", 3) };
+            let (prefix, gates) = if matches!(spec.arch, Arch::Lstm { .. }) {
+                ("lstm", 4)
+            } else {
+                ("gru", 3)
+            };
             let h = *hidden;
             out.push((format!("{prefix}.weight_ih_l0"), vec![gates * h, spec.input_len], h));
             out.push((format!("{prefix}.weight_hh_l0"), vec![gates * h, h], h));
@@ -75,9 +81,15 @@ pub fn seeded(spec: &ModelSpec, seed: u64) -> Params {
     layout(spec)
         .into_iter()
         .map(|(name, shape, fan_in)| {
-            let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            let name_hash = name
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ name_hash);
-            let bound = if name == "embedding.weight" { 3f32.sqrt() } else { 1.0 / (fan_in as f32).sqrt() };
+            let bound = if name == "embedding.weight" {
+                3f32.sqrt()
+            } else {
+                1.0 / (fan_in as f32).sqrt()
+            };
             let n = shape.iter().product();
             let data = (0..n).map(|_| rng.gen_range(-bound..bound)).collect();
             (name, Param { shape, data })
@@ -103,13 +115,23 @@ pub fn load_safetensors(model: &str, path: &Path) -> Result<Params> {
                 raw.chunks_exact(2)
                     .map(|c| {
                         let bits = u16::from_le_bytes([c[0], c[1]]);
-                        if f16 { half_to_f32(bits) } else { f32::from_bits((bits as u32) << 16) }
+                        if f16 {
+                            half_to_f32(bits)
+                        } else {
+                            f32::from_bits((bits as u32) << 16)
+                        }
                     })
                     .collect()
             }
             other => return Err(err(format!("tensor {name}: unsupported dtype {other:?}"))),
         };
-        out.insert(name, Param { shape: view.shape().to_vec(), data });
+        out.insert(
+            name,
+            Param {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     Ok(out)
 }
@@ -173,10 +195,13 @@ pub fn check(spec: &ModelSpec, params: &Params) -> Result<()> {
     };
     for (name, shape, _) in layout(spec) {
         match params.get(&name) {
-            None => return Err(err(format!("missing tensor {name} (shape {shape:?}) for a {} model", spec.arch.name()))),
-            Some(p) if p.shape != shape => {
-                return Err(err(format!("tensor {name} has shape {:?}, the graph needs {shape:?}", p.shape)))
+            None => {
+                return Err(err(format!(
+                    "missing tensor {name} (shape {shape:?}) for a {} model",
+                    spec.arch.name()
+                )))
             }
+            Some(p) if p.shape != shape => return Err(err(format!("tensor {name} has shape {:?}, the graph needs {shape:?}", p.shape))),
             Some(_) => {}
         }
     }

@@ -41,7 +41,7 @@ pub trait Infer<'scope> {
     /// use hams_operators::model::{Arch, BackendKind, ModelSpec, Weights};
     /// use hams_operators::ops::{infer::{Infer, InferConfig}, Envelope, Meta, Route};
     /// use hams_storage::Values;
-    /// use timely::dataflow::operators::{Capture, ToStream, capture::Extract};
+    /// use timely::dataflow::operators::{Capture, ToStream, capture::Event};
     ///
     /// let spec = ModelSpec { name: "mlp".into(), arch: Arch::Mlp { hidden: vec![8] }, input_len: 4,
     ///     output_len: 2, weights: Weights::Seeded(3), backend: BackendKind::Candle,
@@ -53,10 +53,15 @@ pub trait Infer<'scope> {
     ///     let (ok, _err) = reqs.to_stream(scope).container::<Vec<_>>().infer(cfg, Some(inproc::spawn(&spec, "primary")));
     ///     ok.capture()
     /// });
-    /// let results: Vec<Envelope> = out.extract().into_iter().flat_map(|(_, v)| v).collect();
+    /// let results: Vec<Envelope> = out.try_iter()
+    ///     .flat_map(|e| match e { Event::Messages(_, v) => v, _ => vec![] }).collect();
     /// assert_eq!(results.len(), 5);
     /// ```
-    fn infer(self, config: InferConfig, executor: Option<ExecutorHandle>) -> (Stream<'scope, Epoch, Vec<Envelope>>, Stream<'scope, Epoch, Vec<Failure>>);
+    fn infer(
+        self,
+        config: InferConfig,
+        executor: Option<ExecutorHandle>,
+    ) -> (Stream<'scope, Epoch, Vec<Envelope>>, Stream<'scope, Epoch, Vec<Failure>>);
 }
 
 /// A batch sent to the executor and not yet answered.
@@ -75,7 +80,11 @@ struct Pending {
 }
 
 impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
-    fn infer(self, config: InferConfig, executor: Option<ExecutorHandle>) -> (Stream<'scope, Epoch, Vec<Envelope>>, Stream<'scope, Epoch, Vec<Failure>>) {
+    fn infer(
+        self,
+        config: InferConfig,
+        executor: Option<ExecutorHandle>,
+    ) -> (Stream<'scope, Epoch, Vec<Envelope>>, Stream<'scope, Epoch, Vec<Failure>>) {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("Infer".to_string(), scope);
         let info = builder.operator_info();
@@ -213,11 +222,20 @@ impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
     }
 }
 
-type OkOut<'a> = timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, timely::container::CapacityContainerBuilder<Vec<Envelope>>>;
-type ErrOut<'a> = timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, timely::container::CapacityContainerBuilder<Vec<Failure>>>;
+type OkOut<'a> =
+    timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, timely::container::CapacityContainerBuilder<Vec<Envelope>>>;
+type ErrOut<'a> =
+    timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, timely::container::CapacityContainerBuilder<Vec<Failure>>>;
 
 /// Sends a finished batch's outputs and failures downstream.
-fn emit(config: &InferConfig, f: InFlight, resp: InferResponse, ok_out: &mut OkOut<'_>, err_out: &mut ErrOut<'_>, fail: &impl Fn(Meta, ErrorKind, String) -> Failure) {
+fn emit(
+    config: &InferConfig,
+    f: InFlight,
+    resp: InferResponse,
+    ok_out: &mut OkOut<'_>,
+    err_out: &mut ErrOut<'_>,
+    fail: &impl Fn(Meta, ErrorKind, String) -> Failure,
+) {
     let mut ok = ok_out.session(&f.ok_cap);
     let mut failures = Vec::new();
     for ((meta, mut lineage), out) in f.requests.into_iter().zip(resp.outputs) {

@@ -28,7 +28,7 @@ pub trait JoinBySeq<'scope> {
     /// ```
     /// use hams_operators::ops::{join::JoinBySeq, Envelope, Meta, Route};
     /// use hams_storage::Values;
-    /// use timely::dataflow::operators::{Capture, ToStream, capture::Extract};
+    /// use timely::dataflow::operators::{Capture, ToStream, capture::Event};
     ///
     /// let out = timely::example(|scope| {
     ///     let env = |seq, v: f32| Envelope { meta: Meta { seq, home: 0, offset: seq, session: None,
@@ -37,8 +37,9 @@ pub trait JoinBySeq<'scope> {
     ///     let b = vec![env(2, 20.0), env(1, 10.0)].to_stream(scope).container::<Vec<_>>();
     ///     scope.join_by_seq(vec![a, b], Route::Pinned(0)).capture()
     /// });
-    /// let mut joined: Vec<(u64, Values)> = out.extract().into_iter()
-    ///     .flat_map(|(_, v)| v).map(|e| (e.meta.seq, e.values)).collect();
+    /// let mut joined: Vec<(u64, Values)> = out.try_iter()
+    ///     .flat_map(|e| match e { Event::Messages(_, v) => v, _ => vec![] })
+    ///     .map(|e| (e.meta.seq, e.values)).collect();
     /// joined.sort_by_key(|x| x.0);
     /// assert_eq!(joined, vec![(1, Values::F32(vec![1.0, 10.0])), (2, Values::F32(vec![2.0, 20.0]))]);
     /// ```

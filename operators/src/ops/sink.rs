@@ -71,6 +71,9 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// A result offered to the sink, with its source offset.
+type Offered = (u64, OutputRecord);
+
 /// Durable state of one sink.
 struct Ledger {
     store: Arc<Store>,
@@ -116,7 +119,8 @@ impl Ledger {
                 continue;
             }
             rec.release_us = now;
-            self.output.append(&mut batch, self.partition, self.next_out + fresh.len() as u64, &rec);
+            self.output
+                .append(&mut batch, self.partition, self.next_out + fresh.len() as u64, &rec);
             fresh.push((offset, rec));
         }
         let pairs: Vec<(u64, u64)> = fresh.iter().map(|(o, r)| (*o, r.seq)).collect();
@@ -127,7 +131,9 @@ impl Ledger {
         for (_, rec) in fresh {
             stats.released += 1;
             stats.errors += rec.outcome.is_err() as u64;
-            stats.latencies_us.push(now.saturating_sub(rec.ingest_us).min(u32::MAX as u64) as u32);
+            stats
+                .latencies_us
+                .push(now.saturating_sub(rec.ingest_us).min(u32::MAX as u64) as u32);
         }
         Ok(())
     }
@@ -174,7 +180,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
         builder.build(move |mut initial| {
             let mut final_cap: Option<Capability<Epoch>> = initial.pop();
             // Records whose commit failed wait here for the next attempt.
-            let mut waiting: Vec<(Capability<Epoch>, Vec<(u64, OutputRecord)>)> = Vec::new();
+            let mut waiting: Vec<(Capability<Epoch>, Vec<Offered>)> = Vec::new();
             move |frontiers| {
                 let mut out = out.activate();
                 ok_in.for_each_stamp(|cap, data| {
