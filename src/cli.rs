@@ -32,6 +32,19 @@ pub enum Command {
     Check(CheckArgs),
     /// Write a node's weights (seeded init) to a safetensors file.
     ExportWeights(ExportArgs),
+    /// Check a data directory's durable records: exactly-once, one chain per session, committed lineage.
+    Verify(VerifyArgs),
+}
+
+/// Options of `hams verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Data directory of a run (all its `p*` process databases are read).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Model size preset.
@@ -100,6 +113,19 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// SIGKILL an executor when its model first runs a request with seq >= SEQ:
+    /// `MODEL[:primary|:backup]@SEQ` (repeatable).
+    #[arg(long = "kill", value_name = "MODEL[:ROLE]@SEQ")]
+    pub kills: Vec<String>,
+    /// SIGSTOP an executor (it stops answering) the same way (repeatable).
+    #[arg(long = "hang", value_name = "MODEL[:ROLE]@SEQ")]
+    pub hangs: Vec<String>,
+    /// An executor silent this long while it owes an answer is declared hung.
+    #[arg(long, default_value_t = 500)]
+    pub deadline_ms: u64,
+    /// Skip the consistency check of the durable records at the end.
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 /// Options of `hams check`.

@@ -12,6 +12,7 @@ use clap::Parser;
 use hams_dataflow::placement::{place, Cluster};
 use hams_dataflow::{Executors, Feed, Graph, GraphDef, RunConfig, Timely};
 use hams_operators::executor::process::{self, Launch};
+use hams_operators::ops::control::FaultKind;
 
 use cli::{Cli, Command, RunArgs, Scale};
 
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Check(args)) => check(&args),
         Some(Command::ExportWeights(args)) => export(&args),
+        Some(Command::Verify(args)) => verify(&args),
     };
     match result {
         Ok(code) => code,
@@ -121,6 +123,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             rate: args.rate,
         },
     };
+    let mut faults = Vec::new();
+    for (specs, kind) in [(&args.kills, FaultKind::Kill), (&args.hangs, FaultKind::Hang)] {
+        for f in specs {
+            faults.push(hams_dataflow::run::parse_fault(&graph, f, kind)?);
+        }
+    }
     let timely = Timely {
         threads: args.threads.max(1),
         process,
@@ -151,6 +159,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         sync: !args.no_sync,
         progress: !args.quiet && !args.json,
         duration: args.duration.map(Duration::from_secs_f64),
+        faults,
+        deadline: Duration::from_millis(args.deadline_ms.max(1)),
+        lineage_retention: 1 << 40,
+        verify: !args.no_verify,
     };
     install_ctrl_c();
     let summary = hams_dataflow::run(config);
@@ -250,4 +262,18 @@ fn export(args: &cli::ExportArgs) -> Result<ExitCode> {
     hams_operators::model::weights::save_safetensors(&params, &args.out)?;
     println!("wrote {} tensors of {} to {}", params.len(), args.node, args.out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+fn verify(args: &cli::VerifyArgs) -> Result<ExitCode> {
+    let report = hams_dataflow::verify::verify(&args.data_dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.consistent() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

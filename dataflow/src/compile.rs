@@ -1,16 +1,30 @@
 //! Compiling a [`Graph`] into one worker's timely dataflow.
+//!
+//! Data path: source → `Infer` per node (`JoinBySeq` before nodes with
+//! several inputs) → `Release` at each request's home worker. Fault
+//! tolerance: each stateful node's deltas feed a `Backup`, whose output
+//! frontier is that model's durable frontier; the sink and the downstream
+//! backups read it. Notices go to the `Coordinate` operator on worker 0; its
+//! recoveries, the cuts and the released watermarks reach every worker's
+//! control table through `Views`.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hams_operators::executor::process::{self, Launch};
 use hams_operators::executor::{inproc, ExecutorHandle};
-use hams_operators::ops::infer::{Infer, InferConfig};
+use hams_operators::ops::backup::{Backup, BackupConfig};
+use hams_operators::ops::control::{Control, ControlRef, Cut, Fault};
+use hams_operators::ops::coordinate::{Coordinate, CoordinatorConfig, FaultLog};
+use hams_operators::ops::infer::{Infer, InferConfig, Spawn};
 use hams_operators::ops::join::JoinBySeq;
 use hams_operators::ops::sink::{Release, SinkConfig, SinkStats};
+use hams_operators::ops::views::Views;
 use hams_operators::ops::{Envelope, Epoch, Failure, Route};
-use hams_storage::Store;
+use hams_storage::{Released, Store};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Concatenate, Input as _, Operator, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle, Stream};
@@ -38,6 +52,9 @@ pub(crate) struct Plan {
     pub executors: Executors,
     pub noise: f32,
     pub sync: bool,
+    pub faults: Vec<Fault>,
+    pub deadline: Duration,
+    pub lineage_retention: u64,
 }
 
 /// A built dataflow's handles.
@@ -46,14 +63,20 @@ pub(crate) struct Handles {
     pub err_in: InputHandleVec<Epoch, Failure>,
     pub probe: ProbeHandle<Epoch>,
     pub totals: Rc<RefCell<Totals>>,
+    pub control: ControlRef,
+    pub released: Rc<RefCell<Released>>,
+    pub faults: Rc<RefCell<FaultLog>>,
 }
 
-fn spawn(plan: &Plan, node: usize, replica: &str) -> Result<ExecutorHandle> {
-    let mut spec = plan.graph.nodes[node].spec.clone();
-    spec.noise = plan.noise;
-    Ok(match &plan.executors {
-        Executors::Process(launch) => process::spawn(&spec, replica, launch)?,
-        Executors::InProcess => inproc::spawn(&spec, replica),
+fn spawner(plan: &Arc<Plan>, node: usize) -> Spawn {
+    let plan = plan.clone();
+    Rc::new(move |replica: &str| -> hams_operators::Result<ExecutorHandle> {
+        let mut spec = plan.graph.nodes[node].spec.clone();
+        spec.noise = plan.noise;
+        Ok(match &plan.executors {
+            Executors::Process(launch) => process::spawn(&spec, replica, launch)?,
+            Executors::InProcess => inproc::spawn(&spec, replica),
+        })
     })
 }
 
@@ -64,6 +87,7 @@ fn gather<'s>(
     inputs: &[Input],
     outputs: &[Stream<'s, Epoch, Vec<Envelope>>],
     route: Route,
+    control: &ControlRef,
 ) -> Stream<'s, Epoch, Vec<Envelope>> {
     let mut streams: Vec<_> = inputs
         .iter()
@@ -75,59 +99,119 @@ fn gather<'s>(
     if streams.len() == 1 {
         streams.pop().expect("one")
     } else {
-        scope.join_by_seq(streams, route)
+        scope.join_by_seq(streams, route, control.clone())
     }
 }
 
 /// Builds the dataflow of `plan` on `worker`, spawning the executors it hosts.
-pub(crate) fn build(worker: &mut Worker, plan: &Plan, store: Arc<Store>) -> Result<Handles> {
+pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) -> Result<Handles> {
     let index = worker.index();
+    let peers = worker.peers();
+    let graph = &plan.graph;
+    let stateful = graph.stateful();
+    let control = Control::new(
+        peers,
+        stateful.iter().map(|&i| {
+            let p = &plan.placement.nodes[i];
+            (i as u16, p.hosts[0], p.backup.expect("stateful nodes have a backup"))
+        }),
+        plan.faults.clone(),
+    );
+    let released = Rc::new(RefCell::new(Released::load(store.clone(), index as u32)?));
     let mut ok_in = InputHandleVec::new();
     let mut err_in = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let totals = Rc::new(RefCell::new(Totals::default()));
-    let sink_totals = totals.clone();
+    let fault_log = Rc::new(RefCell::new(FaultLog::default()));
+    let coordinator = CoordinatorConfig {
+        affected: stateful
+            .iter()
+            .map(|&i| {
+                let mut v = vec![i as u16];
+                v.extend(graph.descendants(i).into_iter().filter(|j| stateful.contains(j)).map(|j| j as u16));
+                (i as u16, v)
+            })
+            .collect(),
+        placement: stateful
+            .iter()
+            .map(|&i| {
+                let p = &plan.placement.nodes[i];
+                (i as u16, (p.hosts[0], p.backup.expect("stateful")))
+            })
+            .collect(),
+        threads: plan.placement.cluster.threads,
+        workers: peers,
+    };
     worker.dataflow::<Epoch, _, _>(|scope| -> Result<()> {
         let source = scope.input_from(&mut ok_in);
         let mut failures = vec![scope.input_from(&mut err_in)];
-        let mut outputs: Vec<Stream<'_, Epoch, Vec<Envelope>>> = Vec::with_capacity(plan.graph.nodes.len());
-        for (i, (node, place)) in plan.graph.nodes.iter().zip(&plan.placement.nodes).enumerate() {
-            let input = gather(scope, &source, &node.inputs, &outputs, place.route.clone());
-            let executor = match place.hosts.iter().position(|h| *h == index) {
-                Some(0) => Some(spawn(plan, i, "primary")?),
-                Some(k) => Some(spawn(plan, i, &format!("replica{k}"))?),
-                None => None,
+        let mut outputs: Vec<Stream<'_, Epoch, Vec<Envelope>>> = Vec::with_capacity(graph.nodes.len());
+        let mut durable: BTreeMap<u16, Stream<'_, Epoch, Vec<Cut>>> = BTreeMap::new();
+        let mut notices = Vec::new();
+        for (i, (node, place)) in graph.nodes.iter().zip(&plan.placement.nodes).enumerate() {
+            let is_stateful = node.spec.is_stateful();
+            let route = if is_stateful {
+                Route::Primary(i as u16)
+            } else {
+                place.route.clone()
             };
+            let input = gather(scope, &source, &node.inputs, &outputs, route.clone(), &control);
+            let spawn = spawner(plan, i);
             let config = InferConfig {
                 node: node.spec.name.clone(),
                 index: node.index,
-                route: place.route.clone(),
-                stateful: node.spec.is_stateful(),
+                route,
+                hosts: place.hosts.clone(),
+                stateful: is_stateful,
                 max_batch: node.batch,
+                deadline: plan.deadline,
+                heartbeat: (plan.deadline / 5).max(Duration::from_millis(5)),
             };
-            let (ok, err) = input.infer(config, executor);
-            outputs.push(ok);
-            failures.push(err);
+            let s = input.infer(config, control.clone(), spawn.clone());
+            outputs.push(s.ok);
+            failures.push(s.err);
+            notices.push(s.notices);
+            if is_stateful {
+                let upstream = graph
+                    .ancestors(i)
+                    .into_iter()
+                    .filter_map(|j| durable.get(&(j as u16)).cloned())
+                    .collect();
+                let config = BackupConfig {
+                    node: node.spec.name.clone(),
+                    index: node.index,
+                    store: store.clone(),
+                    sync: plan.sync,
+                    lineage_retention: plan.lineage_retention,
+                };
+                let b = s.deltas.backup(upstream, config, control.clone(), spawn);
+                durable.insert(i as u16, b.durable);
+                notices.push(b.notices);
+            }
         }
-        let results = gather(scope, &source, &plan.graph.sink, &outputs, Route::Home);
+        let results = gather(scope, &source, &graph.sink, &outputs, Route::Home, &control);
         let failures = scope.concatenate(failures);
         let sink = SinkConfig {
             store,
             partition: index as u32,
             sync: plan.sync,
+            released: released.clone(),
         };
-        results.release(failures, sink)?.probe_with(&probe).sink(
-            Exchange::new(|_: &SinkStats| 0),
-            "CollectStats",
-            move |(input, _frontier)| {
+        let sinks = results.release(failures, durable.iter().map(|(m, s)| (*m, s.clone())).collect(), sink)?;
+        let recovers = scope.concatenate(notices).coordinate(coordinator, fault_log.clone());
+        scope.views(recovers, durable.into_values().collect(), sinks.watermarks, control.clone());
+        let sink_totals = totals.clone();
+        sinks
+            .stats
+            .probe_with(&probe)
+            .sink(Exchange::new(|_: &SinkStats| 0), "CollectStats", move |(input, _frontier)| {
                 input.for_each(|_, data| {
                     let mut t = sink_totals.borrow_mut();
                     for s in data.drain(..) {
                         t.add(s);
                     }
                 });
-            },
-        );
+            });
         Ok(())
     })?;
     Ok(Handles {
@@ -135,5 +219,8 @@ pub(crate) fn build(worker: &mut Worker, plan: &Plan, store: Arc<Store>) -> Resu
         err_in,
         probe,
         totals,
+        control,
+        released,
+        faults: fault_log,
     })
 }

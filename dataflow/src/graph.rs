@@ -416,4 +416,36 @@ impl Graph {
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.spec.name == name)
     }
+
+    /// Nodes upstream of node `i` (transitively), in graph order.
+    pub fn ancestors(&self, i: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack: Vec<usize> = self.nodes[i]
+            .inputs
+            .iter()
+            .filter_map(|x| match x {
+                Input::Node(j) => Some(*j),
+                Input::Source => None,
+            })
+            .collect();
+        while let Some(j) = stack.pop() {
+            if !std::mem::replace(&mut seen[j], true) {
+                stack.extend(self.nodes[j].inputs.iter().filter_map(|x| match x {
+                    Input::Node(k) => Some(*k),
+                    Input::Source => None,
+                }));
+            }
+        }
+        (0..self.nodes.len()).filter(|j| seen[*j]).collect()
+    }
+
+    /// Nodes downstream of node `i` (transitively), in graph order.
+    pub fn descendants(&self, i: usize) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|j| self.ancestors(*j).contains(&i)).collect()
+    }
+
+    /// Indices of the stateful nodes.
+    pub fn stateful(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].spec.is_stateful()).collect()
+    }
 }

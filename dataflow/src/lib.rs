@@ -14,6 +14,7 @@
 //! - [`reference`]: the single-threaded reference evaluator (test oracle).
 //! - [`run`]: workers, epochs, flow control and the run's summary.
 //! - [`summary`]: latency histogram and the summary report.
+//! - [`verify`]: the consistency checker over a data directory's durable records.
 #![warn(missing_docs)]
 
 pub mod compile;
@@ -25,6 +26,7 @@ pub mod reference;
 pub mod run;
 pub mod source;
 pub mod summary;
+pub mod verify;
 
 pub use compile::Executors;
 pub use def::{ElemType, GraphDef, NodeDef, SinkDef, SourceDef, SourceKind};

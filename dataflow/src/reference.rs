@@ -78,7 +78,7 @@ impl Reference {
                 items: vec![item],
             });
             match resp.outputs.into_iter().next().expect("one item") {
-                Ok(v) => outs[i] = Some(Values::F32(v)),
+                Ok(o) => outs[i] = Some(Values::F32(o.values)),
                 Err(e) => {
                     return Err(RequestError {
                         node: node.spec.name.clone(),

@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use hams_storage::{layout, Store};
 use timely::communication::Config as CommConfig;
 
+use hams_operators::ops::control::{Fault, FaultKind, Role};
+use hams_operators::ops::coordinate::FaultLog;
+
 use crate::compile::{self, Executors, Plan};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::placement::{place, Cluster};
 use crate::source::{now_us, Feed, Ingest};
-use crate::summary::Summary;
+use crate::summary::{FaultReport, Summary, Totals};
 
 /// Where this process sits in a timely cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +91,14 @@ pub struct RunConfig {
     pub progress: bool,
     /// Stop ingesting after this long.
     pub duration: Option<Duration>,
+    /// Faults to inject.
+    pub faults: Vec<Fault>,
+    /// An executor silent this long (with work or a ping outstanding) is declared hung.
+    pub deadline: Duration,
+    /// Committed lineage records kept behind the released watermark (for `hams verify`).
+    pub lineage_retention: u64,
+    /// Run the consistency checker over the data directory at the end (process 0).
+    pub verify: bool,
 }
 
 impl RunConfig {
@@ -108,8 +119,93 @@ impl RunConfig {
             sync: true,
             progress: false,
             duration: None,
+            faults: Vec::new(),
+            deadline: Duration::from_millis(500),
+            lineage_retention: 1 << 40,
+            verify: true,
         }
     }
+}
+
+/// Parses a fault `MODEL[:primary|:backup]@SEQ` against `graph`.
+///
+/// # Examples
+/// ```
+/// use hams_dataflow::{run::parse_fault, GraphDef, NodeDef, SourceDef};
+/// use hams_operators::ops::control::{FaultKind, Role};
+/// let g = GraphDef::new("g", SourceDef::features([4]).sessions(2, 4))
+///     .node(NodeDef::lstm("lstm", 8).inputs(["source"]).output(2))
+///     .sink(["lstm"]).build().unwrap();
+/// let f = parse_fault(&g, "lstm:backup@250", FaultKind::Kill).unwrap();
+/// assert_eq!((f.model, f.role, f.at), (0, Role::Backup, 250));
+/// assert!(parse_fault(&g, "nope@3", FaultKind::Kill).is_err());
+/// ```
+pub fn parse_fault(graph: &Graph, text: &str, kind: FaultKind) -> Result<Fault> {
+    let err = |m: String| Error::Config(format!("fault {text:?}: {m} (expected MODEL[:primary|:backup]@SEQ)"));
+    let (target, at) = text.rsplit_once('@').ok_or_else(|| err("missing @SEQ".into()))?;
+    let at: u64 = at.parse().map_err(|_| err(format!("{at:?} is not a sequence number")))?;
+    let (name, role) = match target.split_once(':') {
+        Some((n, "primary")) => (n, Role::Primary),
+        Some((n, "backup")) => (n, Role::Backup),
+        Some((_, r)) => return Err(err(format!("unknown role {r:?}"))),
+        None => (target, Role::Primary),
+    };
+    let i = graph.nodes.iter().position(|n| n.spec.name == name).ok_or_else(|| {
+        let names: Vec<_> = graph.nodes.iter().map(|n| n.spec.name.as_str()).collect();
+        err(format!("no node {name:?} in graph {} (nodes: {})", graph.name, names.join(", ")))
+    })?;
+    if role == Role::Backup && !graph.nodes[i].spec.is_stateful() {
+        return Err(err(format!("{name} is stateless and has no backup")));
+    }
+    Ok(Fault {
+        model: i as u16,
+        role,
+        at,
+        kind,
+    })
+}
+
+fn describe_fault(graph: &Graph, f: &Fault) -> String {
+    let role = match f.role {
+        Role::Primary => "primary",
+        Role::Backup => "backup",
+    };
+    let verb = match f.kind {
+        FaultKind::Kill => "kill",
+        FaultKind::Hang => "hang",
+    };
+    format!("{verb} {}:{role}@{}", graph.nodes[f.model as usize].spec.name, f.at)
+}
+
+/// What became of each planned fault, from worker 0's logs.
+fn fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<FaultReport> {
+    plan.faults
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let injected = log.injected.get(&i).copied();
+            let stateful = plan.graph.nodes[f.model as usize].spec.is_stateful();
+            let recovered = injected.and_then(|at| {
+                if stateful && f.role == Role::Primary {
+                    // The first recovery of this model after the injection, then its first release.
+                    let inc = log.recoveries.iter().find(|(_, m, _, t)| *m == f.model && *t >= at).map(|r| r.2)?;
+                    totals
+                        .first_release
+                        .iter()
+                        .filter(|((m, i), _)| *m == f.model && *i >= inc)
+                        .map(|(_, t)| *t)
+                        .min()
+                } else {
+                    log.respawned.get(&i).copied()
+                }
+            });
+            FaultReport {
+                fault: describe_fault(&plan.graph, f),
+                injected: injected.is_some(),
+                recovery_ms: injected.zip(recovered).map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0),
+            }
+        })
+        .collect()
 }
 
 /// Set by [`request_stop`] (e.g. on Ctrl-C): stop ingesting, drain, report.
@@ -134,6 +230,7 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     }
     let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
     let store = Store::open(&dir)?;
+    crate::verify::record_nodes(&store, config.graph.nodes.iter().map(|n| n.spec.name.clone()).collect())?;
     let placement = place(&config.graph, cluster);
     if config.timely.process == 0 {
         tracing::info!(graph = %config.graph.name, "placement:\n{placement}");
@@ -144,9 +241,13 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         executors: config.executors.clone(),
         noise: config.noise,
         sync: config.sync,
+        faults: config.faults.clone(),
+        deadline: config.deadline,
+        lineage_retention: config.lineage_retention,
     });
     let config = Arc::new(config);
     let timely_config = config.timely.config();
+    let (verify, data_dir, process) = (config.verify, config.data_dir.clone(), config.timely.process);
     let guards = {
         // Timely prints connection progress on stdout; keep stdout for results.
         let _redirect = StdoutToStderr::new();
@@ -161,15 +262,31 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
             Err(panic) => return Err(Error::Timely(format!("worker failed: {panic}"))),
         }
     }
+    if let (Some(s), true, 0) = (summary.as_mut(), verify, process) {
+        let report = crate::verify::verify(&data_dir)?;
+        if !report.consistent() {
+            eprint!("hams: consistency check failed: {report}");
+        }
+        s.consistent = Some(report.consistent());
+    }
     Ok(summary)
 }
 
-fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunConfig, store: Arc<Store>) -> Result<Option<Summary>> {
+fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &RunConfig, store: Arc<Store>) -> Result<Option<Summary>> {
     let index = worker.index();
     let peers = worker.peers();
     let handles = compile::build(worker, plan, store.clone())?;
     let mut inputs = Some((handles.ok_in, handles.err_in));
-    let mut ingest = Ingest::new(store, &plan.graph, index as u32, peers as u32, config.feed.clone(), config.sync)?;
+    let mut ingest = Ingest::new(
+        store,
+        &plan.graph,
+        index as u32,
+        peers as u32,
+        config.feed.clone(),
+        config.sync,
+        handles.control.clone(),
+        handles.released.clone(),
+    )?;
     // Start the clocks together so epochs line up across workers.
     timely::synchronization::Barrier::new(worker).wait();
     let start = Instant::now();
@@ -201,7 +318,8 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
             } else {
                 config.max_inflight.saturating_sub(outstanding)
             };
-            if budget > 0 {
+            {
+                // Polled even with no budget: a recovery's replay does not wait for the window.
                 let records = ingest.poll(start_us, elapsed_us, budget)?;
                 if !records.is_empty() {
                     let n = records.len();
@@ -255,12 +373,15 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Plan, config: &RunCon
         return Ok(None);
     }
     let totals = handles.totals.borrow();
+    let log = handles.faults.borrow();
     Ok(Some(Summary::new(
         &plan.graph.name,
         &totals,
         start.elapsed().as_secs_f64(),
         peers,
         plan.placement.cluster.processes,
+        fault_reports(plan, &log, &totals),
+        log.recoveries.len() as u64,
     )))
 }
 

@@ -3,11 +3,14 @@
 //! enter the dataflow; requests logged by an earlier run but never released
 //! are replayed first.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 
+use hams_operators::ops::control::ControlRef;
 use hams_operators::ops::{Envelope, Failure, Meta};
-use hams_storage::{Batch, Cf, ErrorKind, Generator, Log, Request, RequestError, SourceRecord, Store, Values};
+use hams_storage::{Batch, Cf, ErrorKind, Generator, Log, Released, Request, RequestError, SourceRecord, Store, Values};
 
 use crate::def::{ElemType, SourceDef};
 use crate::error::Result;
@@ -42,6 +45,9 @@ pub(crate) struct Ingest {
     made: u64,
     sync: bool,
     source: SourceDef,
+    control: ControlRef,
+    released: Rc<RefCell<Released>>,
+    view: u64,
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -52,26 +58,57 @@ pub(crate) fn now_us() -> u64 {
 }
 
 impl Ingest {
-    pub(crate) fn new(store: Arc<Store>, graph: &Graph, partition: u32, partitions: u32, feed: Feed, sync: bool) -> Result<Self> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<Store>,
+        graph: &Graph,
+        partition: u32,
+        partitions: u32,
+        feed: Feed,
+        sync: bool,
+        control: ControlRef,
+        released: Rc<RefCell<Released>>,
+    ) -> Result<Self> {
         let log = Log::new(store, Cf::Source);
         let next_offset = log.end_offset(partition)?;
-        let from = log.position(hams_storage::released::SINK_GROUP, partition)?;
-        let backlog: VecDeque<_> = log.read(partition, from, usize::MAX)?.into();
-        if !backlog.is_empty() {
-            tracing::info!(partition, requests = backlog.len(), "replaying requests logged but never released");
-        }
-        Ok(Ingest {
+        let mut ingest = Ingest {
             partition,
             partitions,
-            log,
-            next_offset,
-            backlog,
             generator: graph.generator(),
             feed,
             made: 0,
             sync,
             source: graph.source.clone(),
-        })
+            control,
+            released,
+            view: 0,
+            log,
+            next_offset,
+            backlog: VecDeque::new(),
+        };
+        ingest.load_unreleased()?;
+        if !ingest.backlog.is_empty() {
+            tracing::info!(
+                partition,
+                requests = ingest.backlog.len(),
+                "replaying requests logged but never released"
+            );
+        }
+        Ok(ingest)
+    }
+
+    /// Queues every logged request not yet released (a restart, or a recovery's replay).
+    fn load_unreleased(&mut self) -> Result<()> {
+        let ledger = self.released.clone();
+        let released = ledger.borrow();
+        let from = released.watermark();
+        self.backlog = self
+            .log
+            .read::<SourceRecord>(self.partition, from, usize::MAX)?
+            .into_iter()
+            .filter(|(o, _)| *o < self.next_offset && !released.contains(*o))
+            .collect();
+        Ok(())
     }
 
     /// This worker's share of `total` requests.
@@ -85,8 +122,14 @@ impl Ingest {
         k * self.partitions as u64 + self.partition as u64
     }
 
-    /// True when nothing more will come.
+    /// True when nothing more will come and everything that came is released
+    /// (until then a recovery may need to replay it).
     pub(crate) fn done(&self) -> bool {
+        self.exhausted() && self.released.borrow().watermark() >= self.next_offset
+    }
+
+    /// True when no new request will come.
+    fn exhausted(&self) -> bool {
         self.backlog.is_empty()
             && match &self.feed {
                 Feed::Generate { total, .. } => total.is_some_and(|t| self.made >= self.share(t)),
@@ -98,7 +141,7 @@ impl Ingest {
     /// When the next generated request is due, µs since the run started.
     pub(crate) fn next_due_us(&self) -> Option<u64> {
         match &self.feed {
-            Feed::Generate { rate: Some(r), .. } if !self.done() => Some((self.global(self.made) as f64 * 1e6 / r) as u64),
+            Feed::Generate { rate: Some(r), .. } if !self.exhausted() => Some((self.global(self.made) as f64 * 1e6 / r) as u64),
             _ => None,
         }
     }
@@ -106,6 +149,21 @@ impl Ingest {
     /// Ingests up to `budget` requests due by `elapsed_us`: logs new ones
     /// durably (one batch) and returns them, backlog first.
     pub(crate) fn poll(&mut self, run_start_us: u64, elapsed_us: u64, budget: usize) -> Result<Vec<(u64, SourceRecord)>> {
+        let view = self.control.borrow().view();
+        let mut budget = budget;
+        if view > self.view {
+            // A recovery: everything not released yet goes around again, in the new
+            // view, at once (it was in flight already; the window does not apply).
+            self.view = view;
+            self.load_unreleased()?;
+            budget = budget.max(self.backlog.len());
+            tracing::info!(
+                partition = self.partition,
+                view,
+                requests = self.backlog.len(),
+                "replaying unreleased requests"
+            );
+        }
         let mut out = Vec::new();
         while out.len() < budget {
             match self.backlog.pop_front() {
@@ -115,7 +173,7 @@ impl Ingest {
         }
         let mut batch = Batch::new();
         let now = now_us();
-        while out.len() < budget && !self.done() {
+        while out.len() < budget && !self.exhausted() {
             let k = self.made;
             let (bytes, ingest_us) = match &self.feed {
                 Feed::Generate { rate, .. } => {
@@ -142,14 +200,13 @@ impl Ingest {
 
     /// Turns a logged request into a dataflow record, or a typed error for its client.
     pub(crate) fn admit(&self, offset: u64, rec: SourceRecord) -> std::result::Result<Envelope, Failure> {
-        admit(
-            &self.source,
-            offset * self.partitions as u64 + self.partition as u64,
-            self.partition,
-            offset,
-            rec.ingest_us,
-            &rec.bytes,
-        )
+        let seq = offset * self.partitions as u64 + self.partition as u64;
+        let mut r = admit(&self.source, seq, self.partition, offset, rec.ingest_us, &rec.bytes);
+        match &mut r {
+            Ok(e) => e.meta.view = self.view,
+            Err(f) => f.meta.view = self.view,
+        }
+        r
     }
 }
 
@@ -164,6 +221,7 @@ pub fn admit(source: &SourceDef, seq: u64, home: u32, offset: u64, ingest_us: u6
         start: false,
         end: false,
         ingest_us,
+        view: 0,
     };
     let fail = |meta, kind, message| Failure {
         meta,
@@ -172,6 +230,7 @@ pub fn admit(source: &SourceDef, seq: u64, home: u32, offset: u64, ingest_us: u6
             kind,
             message,
         },
+        lineage: Vec::new(),
     };
     let req = match Request::decode(bytes) {
         Ok(r) => r,

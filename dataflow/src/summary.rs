@@ -101,6 +101,10 @@ pub struct Totals {
     pub latency: Histogram,
     /// Final audits, one per sink.
     pub audits: Vec<Audit>,
+    /// Results discarded as orphans (their requests were replayed).
+    pub orphans: u64,
+    /// First release depending on each (model, incarnation > 0), µs since the Unix epoch.
+    pub first_release: std::collections::BTreeMap<(u16, u32), u64>,
 }
 
 impl Totals {
@@ -114,6 +118,11 @@ impl Totals {
         }
         if let Some(a) = s.audit {
             self.audits.push(a);
+        }
+        self.orphans += s.orphans;
+        for (m, inc, at) in s.first_release {
+            let e = self.first_release.entry((m, inc)).or_insert(at);
+            *e = (*e).min(at);
         }
     }
 }
@@ -149,11 +158,42 @@ pub struct Summary {
     pub processes: usize,
     /// Sinks whose audit arrived (should equal `workers`).
     pub audited: usize,
+    /// Results discarded because they depended on an orphan execution (then replayed).
+    pub orphans: u64,
+    /// Recoveries (view changes) performed.
+    pub recoveries: u64,
+    /// Recovery time of each injected fault, ms (see [`FaultReport`]).
+    pub recovery_ms: Vec<f64>,
+    /// Each planned fault and what became of it.
+    pub faults: Vec<FaultReport>,
+    /// The checker's verdict over the durable records (`None`: not run).
+    pub consistent: Option<bool>,
+}
+
+/// One planned fault in the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultReport {
+    /// The fault as given (`lstm:primary@2500`).
+    pub fault: String,
+    /// Whether it was injected.
+    pub injected: bool,
+    /// Injection to the first result released from the promoted replica
+    /// (stateful primary), or to the replacement executor being ready
+    /// (stateless executor or backup spare), in ms.
+    pub recovery_ms: Option<f64>,
 }
 
 impl Summary {
     /// Builds the summary from worker 0's totals.
-    pub fn new(graph: &str, totals: &Totals, elapsed_s: f64, workers: usize, processes: usize) -> Self {
+    pub fn new(
+        graph: &str,
+        totals: &Totals,
+        elapsed_s: f64,
+        workers: usize,
+        processes: usize,
+        faults: Vec<FaultReport>,
+        recoveries: u64,
+    ) -> Self {
         let sum = |f: fn(&Audit) -> u64| totals.audits.iter().map(f).sum::<u64>();
         Summary {
             graph: graph.into(),
@@ -170,6 +210,11 @@ impl Summary {
             workers,
             processes,
             audited: totals.audits.len(),
+            orphans: totals.orphans,
+            recoveries,
+            recovery_ms: faults.iter().filter_map(|f| f.recovery_ms).collect(),
+            faults,
+            consistent: None,
         }
     }
 }
@@ -190,7 +235,26 @@ impl std::fmt::Display for Summary {
             f,
             "latency p50 {} us, p99 {} us, max {} us; throughput {:.0} req/s",
             self.p50_us, self.p99_us, self.max_us, self.throughput_rps
-        )
+        )?;
+        for fault in &self.faults {
+            match (fault.injected, fault.recovery_ms) {
+                (true, Some(ms)) => write!(f, "\nfault {}: recovered in {ms:.1} ms", fault.fault)?,
+                (true, None) => write!(f, "\nfault {}: injected, recovery not observed", fault.fault)?,
+                (false, _) => write!(f, "\nfault {}: not injected (threshold not reached)", fault.fault)?,
+            }
+        }
+        if self.recoveries > 0 || self.orphans > 0 {
+            write!(
+                f,
+                "\n{} recoveries, {} orphaned results discarded and replayed",
+                self.recoveries, self.orphans
+            )?;
+        }
+        match self.consistent {
+            Some(true) => write!(f, "\nconsistent: true (durable records verified)"),
+            Some(false) => write!(f, "\nconsistent: FALSE"),
+            None => Ok(()),
+        }
     }
 }
 

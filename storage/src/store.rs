@@ -173,6 +173,34 @@ impl Store {
         Ok(Arc::new(store))
     }
 
+    /// Opens an existing data directory for reading only (another process may
+    /// have it open for writing); used by the verifier.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Arc<Store>> {
+        let dir = dir.as_ref();
+        match fs::read_to_string(dir.join(FORMAT_FILE)) {
+            Ok(found) if found.trim() == FORMAT => {}
+            Ok(found) => {
+                return Err(Error::Version {
+                    path: dir.to_path_buf(),
+                    found: found.trim().chars().take(80).collect(),
+                    expected: FORMAT,
+                })
+            }
+            Err(_) => {
+                return Err(Error::Foreign {
+                    path: dir.to_path_buf(),
+                    found: format!("no {FORMAT_FILE} marker"),
+                })
+            }
+        }
+        let path = dir.join(DB_DIR);
+        let cfs = Cf::ALL.map(|cf| cf.name());
+        let db = DB::open_cf_for_read_only(&Options::default(), &path, cfs, false).map_err(|e| Error::rocks(&path, e))?;
+        let store = Store { db, path };
+        store.check_format_record(false)?;
+        Ok(Arc::new(store))
+    }
+
     /// The directory of the RocksDB database.
     pub fn path(&self) -> &Path {
         &self.path

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hams_storage::{ErrorKind, Values};
 
-use super::protocol::{InferRequest, InferResponse, Item, ItemError, SessionUpdate};
+use super::protocol::{InferRequest, InferResponse, Item, ItemError, Output, SessionState, SessionUpdate};
 use crate::error::Result;
 use crate::model::noise::Noise;
 use crate::model::{self, Input, Model, ModelSpec};
@@ -16,7 +16,27 @@ use crate::model::{self, Input, Model, ModelSpec};
 pub struct Engine {
     model: Box<dyn Model>,
     noise: Noise,
-    sessions: HashMap<u64, Vec<f32>>,
+    sessions: HashMap<u64, SessionState>,
+}
+
+/// 64-bit FNV-1a step.
+fn mix(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Fingerprint of a session before its first execution.
+pub fn session_origin(model: &str, session: u64) -> u64 {
+    mix(mix(0xcbf2_9ce4_8422_2325, model.as_bytes()), &session.to_le_bytes())
+}
+
+/// Chains one execution onto `prev`: the request, its input and the noise draw.
+pub fn chain(prev: u64, seq: u64, input: &Values, draw: u64) -> u64 {
+    let mut h = mix(prev, &seq.to_le_bytes());
+    h = match input {
+        Values::F32(v) => v.iter().fold(h, |h, x| mix(h, &x.to_bits().to_le_bytes())),
+        Values::Tokens(t) => t.iter().fold(h, |h, x| mix(h, &x.to_le_bytes())),
+    };
+    mix(h, &draw.to_le_bytes())
 }
 
 impl std::fmt::Debug for Engine {
@@ -50,6 +70,11 @@ impl Engine {
     /// Number of open sessions.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Replaces every session state (a promoted backup's states).
+    pub fn restore(&mut self, states: Vec<(u64, SessionState)>) {
+        self.sessions = states.into_iter().collect();
     }
 
     /// Checks one item against the model; `Err` goes back to the client.
@@ -104,7 +129,8 @@ impl Engine {
     /// appearing several times is stepped once per occurrence, in order.
     pub fn infer(&mut self, req: &InferRequest) -> InferResponse {
         let started = Instant::now();
-        let mut outputs: Vec<std::result::Result<Vec<f32>, ItemError>> = vec![Ok(Vec::new()); req.items.len()];
+        let mut outputs: Vec<std::result::Result<Output, ItemError>> =
+            vec![Err(item_error(ErrorKind::Inference, String::new())); req.items.len()];
         let mut draws = Vec::new();
         let mut changed = BTreeMap::new();
         // Waves: the k-th occurrence of each session goes to wave k.
@@ -172,7 +198,7 @@ impl Engine {
     }
 
     /// One forward pass over items of distinct sessions; updates their states.
-    fn run_wave(&mut self, items: &[&Item], draw: u64) -> Result<Vec<Vec<f32>>> {
+    fn run_wave(&mut self, items: &[&Item], draw: u64) -> Result<Vec<Output>> {
         let spec = self.model.spec();
         let (rows, out_len, state_len) = (items.len(), spec.output_len, spec.arch.state_len());
         let mut state = Vec::with_capacity(rows * state_len);
@@ -180,7 +206,7 @@ impl Engine {
             for item in items {
                 let s = item.session.expect("validated");
                 match self.sessions.get(&s) {
-                    Some(st) if !item.start => state.extend_from_slice(st),
+                    Some(st) if !item.start => state.extend_from_slice(&st.state),
                     _ => state.extend(std::iter::repeat_n(0.0, state_len)),
                 }
             }
@@ -208,16 +234,88 @@ impl Engine {
             }
         };
         self.noise.perturb(draw, &mut [&mut fwd.output, &mut fwd.state]);
-        if state_len > 0 {
-            for (item, st) in items.iter().zip(fwd.state.chunks_exact(state_len)) {
-                let s = item.session.expect("validated");
-                if item.end {
-                    self.sessions.remove(&s);
-                } else {
-                    self.sessions.insert(s, st.to_vec());
+        let name = &self.model.spec().name;
+        let mut outs = Vec::with_capacity(rows);
+        for (i, (item, values)) in items.iter().zip(fwd.output.chunks_exact(out_len)).enumerate() {
+            let (prev_fp, fp) = match item.session.filter(|_| state_len > 0) {
+                Some(s) => {
+                    let prev = match self.sessions.get(&s) {
+                        Some(st) if !item.start => st.fp,
+                        _ => session_origin(name, s),
+                    };
+                    let fp = chain(prev, item.seq, &item.input, draw);
+                    if item.end {
+                        self.sessions.remove(&s);
+                    } else {
+                        let state = fwd.state[i * state_len..(i + 1) * state_len].to_vec();
+                        self.sessions.insert(s, SessionState { state, fp });
+                    }
+                    (prev, fp)
                 }
-            }
+                None => (0, 0),
+            };
+            outs.push(Output {
+                values: values.to_vec(),
+                prev_fp,
+                fp,
+            });
         }
-        Ok(fwd.output.chunks_exact(out_len).map(<[f32]>::to_vec).collect())
+        Ok(outs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, BackendKind, Weights};
+
+    fn lstm() -> Engine {
+        let spec = ModelSpec {
+            name: "l".into(),
+            arch: Arch::Lstm { hidden: 4 },
+            input_len: 2,
+            output_len: 1,
+            weights: Weights::Seeded(1),
+            backend: BackendKind::Candle,
+            device: "cpu".into(),
+            noise: 0.0,
+        };
+        Engine::new(&spec, 1).unwrap()
+    }
+
+    fn item(seq: u64, session: u64, start: bool, end: bool) -> Item {
+        Item {
+            seq,
+            session: Some(session),
+            start,
+            end,
+            input: Values::F32(vec![0.5, -0.5]),
+        }
+    }
+
+    #[test]
+    fn sessions_chain_fingerprints_and_report_their_states() {
+        let mut e = lstm();
+        let r = e.infer(&InferRequest {
+            ticket: 0,
+            epoch: 0,
+            items: vec![item(0, 7, true, false), item(1, 8, true, false), item(2, 7, false, false)],
+        });
+        assert!(r.outputs.iter().all(|o| o.is_ok()));
+        assert_eq!(r.delta.len(), 2);
+        assert!(r.delta.iter().all(|u| u.state.as_ref().is_some_and(|s| s.state.len() == 8)));
+        let o: Vec<_> = r.outputs.into_iter().map(|o| o.unwrap()).collect();
+        assert_eq!(o[0].prev_fp, session_origin("l", 7));
+        assert_eq!(o[2].prev_fp, o[0].fp, "second step of session 7 chains on the first");
+        assert_eq!(e.sessions(), 2);
+        // Ending a session drops it; a request for it afterwards is refused.
+        let r = e.infer(&InferRequest {
+            ticket: 1,
+            epoch: 1,
+            items: vec![item(3, 7, false, true), item(4, 7, false, false)],
+        });
+        assert!(r.outputs[0].is_ok());
+        assert_eq!(r.outputs[1].as_ref().unwrap_err().kind, ErrorKind::UnknownSession);
+        assert_eq!(r.delta, vec![SessionUpdate { session: 7, state: None }]);
     }
 }

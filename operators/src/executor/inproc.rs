@@ -25,7 +25,7 @@ use crate::model::ModelSpec;
 ///         _ => std::thread::yield_now(),
 ///     }
 /// };
-/// assert_eq!(done.outputs[0].as_ref().unwrap().len(), 2);
+/// assert_eq!(done.outputs[0].as_ref().unwrap().values.len(), 2);
 /// ```
 pub fn spawn(spec: &ModelSpec, replica: &str) -> ExecutorHandle {
     let (shared, events) = Shared::new(false);
@@ -48,6 +48,10 @@ pub fn spawn(spec: &ModelSpec, replica: &str) -> ExecutorHandle {
                 match msg {
                     ToExecutor::Infer(req) => feed.emit(Event::Done(engine.infer(&req))),
                     ToExecutor::Ping(n) => feed.emit(Event::Pong(n)),
+                    ToExecutor::Restore(states) => {
+                        engine.restore(states);
+                        feed.emit(Event::Restored);
+                    }
                     ToExecutor::Shutdown => break,
                 }
             }

@@ -36,6 +36,8 @@ pub enum Event {
     Done(InferResponse),
     /// Heartbeat answer.
     Pong(u64),
+    /// A `Restore` took effect.
+    Restored,
     /// The executor is gone; nothing more will come from it.
     Died {
         /// Why (exit status, signal, socket error, load failure).

@@ -171,6 +171,7 @@ async fn connection(listener: &UnixListener, rx: &mut UnboundedReceiver<ToExecut
                     Ok(FromExecutor::Ready { pid, .. }) => shared.emit(Event::Ready { pid }),
                     Ok(FromExecutor::Done(r)) => shared.emit(Event::Done(r)),
                     Ok(FromExecutor::Pong(n)) => shared.emit(Event::Pong(n)),
+                    Ok(FromExecutor::Restored) => shared.emit(Event::Restored),
                     Ok(FromExecutor::Fatal(m)) => return Err(m),
                     Err(e) => return Err(format!("undecodable frame: {e}")),
                 },

@@ -38,13 +38,33 @@ pub struct ItemError {
     pub message: String,
 }
 
+/// A session's state and the lineage fingerprint of the execution that produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The model's state vector.
+    pub state: Vec<f32>,
+    /// Chained fingerprint (DESIGN §6, I4).
+    pub fp: u64,
+}
+
 /// New state of one session after a batch (`None`: the session ended).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionUpdate {
     /// Session id.
     pub session: u64,
     /// Its state, or `None` when it ended.
-    pub state: Option<Vec<f32>>,
+    pub state: Option<SessionState>,
+}
+
+/// One item's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    /// Output tensor.
+    pub values: Vec<f32>,
+    /// Fingerprint of the session before this execution (stateful models; 0 otherwise).
+    pub prev_fp: u64,
+    /// Fingerprint after it: chained over the previous one, the request and the execution's noise draw.
+    pub fp: u64,
 }
 
 /// The answer to an [`InferRequest`].
@@ -53,7 +73,7 @@ pub struct InferResponse {
     /// The request's ticket.
     pub ticket: u64,
     /// One entry per item, in order.
-    pub outputs: Vec<Result<Vec<f32>, ItemError>>,
+    pub outputs: Vec<Result<Output, ItemError>>,
     /// Sessions the batch changed (stateful models only).
     pub delta: Vec<SessionUpdate>,
     /// Noise draw of each forward pass (0 when deterministic).
@@ -69,6 +89,8 @@ pub enum ToExecutor {
     Infer(InferRequest),
     /// Liveness probe, answered at once even while a batch runs.
     Ping(u64),
+    /// Replace every session state (promotion of a backup; answered by `Restored`).
+    Restore(Vec<(u64, SessionState)>),
     /// Exit cleanly.
     Shutdown,
 }
@@ -87,6 +109,8 @@ pub enum FromExecutor {
     Done(InferResponse),
     /// Answer to `Ping`.
     Pong(u64),
+    /// The states of a `Restore` are in place.
+    Restored,
     /// The executor cannot go on (it exits after sending this).
     Fatal(String),
 }

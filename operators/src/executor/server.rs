@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::engine::Engine;
-use super::protocol::{FromExecutor, InferRequest, ToExecutor};
+use super::protocol::{FromExecutor, ToExecutor};
 use crate::error::{Error, Result};
 use crate::model::noise::Noise;
 use crate::model::ModelSpec;
@@ -97,13 +97,22 @@ fn serve(socket: &str) -> Result<()> {
             pid: std::process::id(),
             backend: format!("{:?}", spec.backend).to_lowercase(),
         });
-        let (work_tx, work_rx) = std::sync::mpsc::channel::<InferRequest>();
+        // Restores go through the compute thread too, so they apply in order with batches.
+        let (work_tx, work_rx) = std::sync::mpsc::channel::<ToExecutor>();
         let results = out_tx.clone();
         std::thread::Builder::new()
             .name("compute".into())
             .spawn(move || {
-                for req in work_rx {
-                    if results.send(FromExecutor::Done(engine.infer(&req))).is_err() {
+                for work in work_rx {
+                    let reply = match work {
+                        ToExecutor::Infer(req) => FromExecutor::Done(engine.infer(&req)),
+                        ToExecutor::Restore(states) => {
+                            engine.restore(states);
+                            FromExecutor::Restored
+                        }
+                        ToExecutor::Ping(_) | ToExecutor::Shutdown => continue,
+                    };
+                    if results.send(reply).is_err() {
                         break;
                     }
                 }
@@ -112,8 +121,8 @@ fn serve(socket: &str) -> Result<()> {
         while let Some(frame) = reader.next().await {
             let frame = frame.map_err(io("reading from the worker"))?;
             match bincode::deserialize::<ToExecutor>(&frame) {
-                Ok(ToExecutor::Infer(req)) => {
-                    let _ = work_tx.send(req);
+                Ok(work @ (ToExecutor::Infer(_) | ToExecutor::Restore(_))) => {
+                    let _ = work_tx.send(work);
                 }
                 Ok(ToExecutor::Ping(n)) => {
                     let _ = out_tx.send(FromExecutor::Pong(n));

@@ -1,6 +1,16 @@
-//! `Infer`: run a model node's requests through its executor, one batch per epoch.
+//! `Infer`: run a model node's requests on its executor, one batch per epoch.
+//!
+//! Stateless nodes run whatever has arrived; if their executor dies they
+//! start a new one and resend the batches it lost. Stateful nodes run each
+//! epoch in `seq` order once it is complete, ship every batch's state changes
+//! to the backup ([`Delta`]s, asynchronously: outputs go downstream at once),
+//! keep an execution log so a replayed request is answered from the log
+//! instead of stepping its session twice, and report their executor's death
+//! to the coordinator ([`Notice::Failed`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use hams_storage::{ErrorKind, LineageTag, RequestError, Values};
 use timely::dataflow::channels::pact::Exchange;
@@ -9,8 +19,10 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use super::{Envelope, Epoch, Failure, Meta, Route};
-use crate::executor::protocol::{InferRequest, InferResponse, Item, ToExecutor};
+use super::control::{ControlRef, Delta, DeltaBody, Execution, FaultKind, Notice, Role};
+use super::{now_us, view_check, Envelope, Epoch, Failure, Meta, Route, ViewCheck};
+use crate::error::Result;
+use crate::executor::protocol::{InferRequest, InferResponse, Item, ItemError, ToExecutor};
 use crate::executor::{Event, ExecutorHandle};
 
 /// How a model node runs.
@@ -20,26 +32,48 @@ pub struct InferConfig {
     pub node: String,
     /// Graph node index (lineage tags carry it).
     pub index: u16,
-    /// Which worker runs each request.
+    /// Which worker runs each request (`Route::Primary` for stateful nodes).
     pub route: Route,
-    /// Stateful nodes run each epoch as one batch in `seq` order once the epoch
-    /// is complete; stateless nodes run whatever has arrived.
+    /// Workers with an executor (stateless nodes).
+    pub hosts: Vec<usize>,
+    /// Stateful nodes run each epoch as one batch in `seq` order once the
+    /// epoch is complete; stateless nodes run whatever has arrived.
     pub stateful: bool,
     /// Largest batch per forward pass.
     pub max_batch: usize,
+    /// An executor that has not answered a batch or ping for this long is hung.
+    pub deadline: Duration,
+    /// Ping an idle executor this often.
+    pub heartbeat: Duration,
+}
+
+/// Starts executors for a node on this worker (`replica` names it in logs).
+pub type Spawn = Rc<dyn Fn(&str) -> Result<ExecutorHandle>>;
+
+/// The streams an `Infer` operator produces.
+pub struct InferStreams<'scope> {
+    /// Outputs.
+    pub ok: Stream<'scope, Epoch, Vec<Envelope>>,
+    /// Requests that failed, with typed errors.
+    pub err: Stream<'scope, Epoch, Vec<Failure>>,
+    /// State deltas for the backup (stateful nodes).
+    pub deltas: Stream<'scope, Epoch, Vec<Delta>>,
+    /// Failure notices and fault reports for the coordinator.
+    pub notices: Stream<'scope, Epoch, Vec<Notice>>,
 }
 
 /// Runs a stream of requests through a model.
 pub trait Infer<'scope> {
-    /// Sends each request to the worker its route names and runs it on that
-    /// worker's executor (`executor` is `Some` exactly on those workers).
-    /// Returns the outputs and the requests that failed (typed errors).
+    /// Sends each request to the worker its route names (under the current
+    /// view of `control`) and runs it there on the node's executor.
     ///
     /// # Examples
     /// ```
+    /// use std::rc::Rc;
+    /// use std::time::Duration;
     /// use hams_operators::executor::inproc;
     /// use hams_operators::model::{Arch, BackendKind, ModelSpec, Weights};
-    /// use hams_operators::ops::{infer::{Infer, InferConfig}, Envelope, Meta, Route};
+    /// use hams_operators::ops::{control::Control, infer::{Infer, InferConfig}, Envelope, Meta, Route};
     /// use hams_storage::Values;
     /// use timely::dataflow::operators::{Capture, ToStream, capture::Event};
     ///
@@ -47,219 +81,610 @@ pub trait Infer<'scope> {
     ///     output_len: 2, weights: Weights::Seeded(3), backend: BackendKind::Candle,
     ///     device: "cpu".into(), noise: 0.0 };
     /// let out = timely::example(move |scope| {
-    ///     let meta = |seq| Meta { seq, home: 0, offset: seq, session: None, start: false, end: false, ingest_us: 0 };
+    ///     let meta = |seq| Meta { seq, home: 0, offset: seq, session: None, start: false, end: false,
+    ///         ingest_us: 0, view: 0 };
     ///     let reqs = (0..5u64).map(move |s| Envelope { meta: meta(s), values: Values::F32(vec![0.5; 4]), lineage: vec![] });
-    ///     let cfg = InferConfig { node: "mlp".into(), index: 1, route: Route::Pinned(0), stateful: false, max_batch: 8 };
-    ///     let (ok, _err) = reqs.to_stream(scope).container::<Vec<_>>().infer(cfg, Some(inproc::spawn(&spec, "primary")));
-    ///     ok.capture()
+    ///     let cfg = InferConfig { node: "mlp".into(), index: 1, route: Route::Pinned(0), hosts: vec![0],
+    ///         stateful: false, max_batch: 8, deadline: Duration::from_secs(5), heartbeat: Duration::from_millis(100) };
+    ///     let control = Control::new(1, [], vec![]);
+    ///     let spawn = Rc::new(move |r: &str| Ok(inproc::spawn(&spec, r)));
+    ///     reqs.to_stream(scope).container::<Vec<_>>().infer(cfg, control, spawn).ok.capture()
     /// });
     /// let results: Vec<Envelope> = out.try_iter()
     ///     .flat_map(|e| match e { Event::Messages(_, v) => v, _ => vec![] }).collect();
     /// assert_eq!(results.len(), 5);
     /// ```
-    fn infer(
-        self,
-        config: InferConfig,
-        executor: Option<ExecutorHandle>,
-    ) -> (Stream<'scope, Epoch, Vec<Envelope>>, Stream<'scope, Epoch, Vec<Failure>>);
+    fn infer(self, config: InferConfig, control: ControlRef, spawn: Spawn) -> InferStreams<'scope>;
+}
+
+/// Capabilities for the three data outputs at one epoch.
+#[derive(Clone)]
+struct Caps {
+    ok: Capability<Epoch>,
+    err: Capability<Epoch>,
+    delta: Capability<Epoch>,
 }
 
 /// A batch sent to the executor and not yet answered.
 struct InFlight {
-    ok_cap: Capability<Epoch>,
-    err_cap: Capability<Epoch>,
+    caps: Caps,
     epoch: Epoch,
-    requests: Vec<(Meta, Vec<LineageTag>)>,
-}
-
-/// Requests of one epoch waiting to be sent.
-struct Pending {
-    ok_cap: Capability<Epoch>,
-    err_cap: Capability<Epoch>,
+    sent: Instant,
     requests: Vec<Envelope>,
 }
 
+/// The executor this worker runs for the node, and what it has been sent.
+struct Serving {
+    executor: ExecutorHandle,
+    /// Incarnation served (stateful nodes).
+    inc: u32,
+    dead: bool,
+    in_flight: HashMap<u64, InFlight>,
+    ping: Option<(u64, Instant)>,
+    last_seen: Instant,
+    /// Faults injected into this executor whose recovery is still to report.
+    recovering: Vec<usize>,
+}
+
+impl Serving {
+    fn new(executor: ExecutorHandle, inc: u32) -> Self {
+        Serving {
+            executor,
+            inc,
+            dead: false,
+            in_flight: HashMap::new(),
+            ping: None,
+            last_seen: Instant::now(),
+            recovering: Vec::new(),
+        }
+    }
+}
+
+type Session<'a, T> =
+    timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, timely::container::CapacityContainerBuilder<Vec<T>>>;
+
+/// The operator's state, outside the closure so the logic reads as methods.
+struct State {
+    config: InferConfig,
+    control: ControlRef,
+    spawn: Spawn,
+    me: usize,
+    serving: Option<Serving>,
+    pending: BTreeMap<Epoch, (Caps, Vec<Envelope>)>,
+    next_ticket: u64,
+    /// Stateful: executions of this incarnation (and those it inherited), by `seq`.
+    log: HashMap<u64, Execution>,
+    /// Stateful: `seq`s sent to the executor and not answered yet.
+    executing: HashSet<u64>,
+    last_gc: Instant,
+}
+
+/// Outputs of one activation.
+struct Out<'a, 'b> {
+    ok: &'b mut Session<'a, Envelope>,
+    err: &'b mut Session<'a, Failure>,
+    delta: &'b mut Session<'a, Delta>,
+}
+
 impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
-    fn infer(
-        self,
-        config: InferConfig,
-        executor: Option<ExecutorHandle>,
-    ) -> (Stream<'scope, Epoch, Vec<Envelope>>, Stream<'scope, Epoch, Vec<Failure>>) {
+    fn infer(self, config: InferConfig, control: ControlRef, spawn: Spawn) -> InferStreams<'scope> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("Infer".to_string(), scope);
         let info = builder.operator_info();
         let route = config.route.clone();
-        let mut input = builder.new_input(self, Exchange::new(move |e: &Envelope| route.target(&e.meta)));
-        let (ok_out, ok_stream) = builder.new_output::<Vec<Envelope>>();
-        let (err_out, err_stream) = builder.new_output::<Vec<Failure>>();
-        let mut ok_out = OutputBuilder::from(ok_out);
-        let mut err_out = OutputBuilder::from(err_out);
+        let ctl = control.clone();
+        let mut input = builder.new_input(self, Exchange::new(move |e: &Envelope| route.target(&e.meta, &ctl.borrow())));
+        let (ok_out, ok) = builder.new_output::<Vec<Envelope>>();
+        let (err_out, err) = builder.new_output::<Vec<Failure>>();
+        let (delta_out, deltas) = builder.new_output::<Vec<Delta>>();
+        let (notice_out, notices) = builder.new_output::<Vec<Notice>>();
+        let (mut ok_out, mut err_out) = (OutputBuilder::from(ok_out), OutputBuilder::from(err_out));
+        let (mut delta_out, mut notice_out) = (OutputBuilder::from(delta_out), OutputBuilder::from(notice_out));
+        let activator = scope.activator_for(info.address.clone());
+        let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
+        control.borrow_mut().subscribe(scope.activator_for(info.address.clone()));
+        let me = scope.index();
 
-        if let Some(ex) = &executor {
-            let activator = scope.worker().sync_activator_for(info.address.to_vec());
-            ex.set_wake(Box::new(move || {
-                let _ = activator.activate();
-            }));
-        }
-
-        builder.build(move |_initial| {
-            let mut pending: BTreeMap<Epoch, Pending> = BTreeMap::new();
-            let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
-            let mut next_ticket = 0u64;
-            let mut dead: Option<String> = if executor.is_none() {
-                Some(format!("no executor of {} on this worker", config.node))
-            } else {
-                None
+        builder.build(move |mut initial| {
+            // Held at the input frontier: to send a snapshot or a notice without data in hand.
+            let mut notice_cap = initial.pop();
+            let mut delta_cap = initial.pop();
+            let mut st = State {
+                config,
+                control,
+                spawn,
+                me,
+                serving: None,
+                pending: BTreeMap::new(),
+                next_ticket: 0,
+                log: HashMap::new(),
+                executing: HashSet::new(),
+                last_gc: Instant::now(),
             };
-            let node = config.node.clone();
-            let fail = move |meta: Meta, kind: ErrorKind, message: String| Failure {
-                meta,
-                error: RequestError {
-                    node: node.clone(),
-                    kind,
-                    message,
-                },
+            let wake = move |ex: &ExecutorHandle| {
+                let a = sync_activator.clone();
+                ex.set_wake(Box::new(move || {
+                    let _ = a.activate();
+                }));
             };
-
+            let mut notices_buf: Vec<Notice> = Vec::new();
             move |frontiers| {
-                let mut ok_out = ok_out.activate();
-                let mut err_out = err_out.activate();
+                let (mut ok_h, mut err_h, mut delta_h) = (ok_out.activate(), err_out.activate(), delta_out.activate());
+                let frontier = frontiers[0].frontier().to_owned();
                 input.for_each_stamp(|cap, data| {
                     let Some(epoch) = cap.least().copied() else { return };
-                    let entry = pending.entry(epoch).or_insert_with(|| Pending {
-                        ok_cap: cap.delayed(&epoch, 0),
-                        err_cap: cap.delayed(&epoch, 1),
-                        requests: Vec::new(),
+                    let entry = st.pending.entry(epoch).or_insert_with(|| {
+                        let caps = Caps {
+                            ok: cap.delayed(&epoch, 0),
+                            err: cap.delayed(&epoch, 1),
+                            delta: cap.delayed(&epoch, 2),
+                        };
+                        (caps, Vec::new())
                     });
                     for batch in data {
-                        entry.requests.append(batch);
+                        tracing::trace!(node = %st.config.node, epoch, n = batch.len(), "received");
+                        entry.1.append(batch);
                     }
                 });
-
-                // Collect what the executor reported.
-                if let Some(ex) = &executor {
-                    while let Some(event) = ex.try_event() {
-                        match event {
-                            Event::Done(resp) => {
-                                if let Some(f) = in_flight.remove(&resp.ticket) {
-                                    emit(&config, f, resp, &mut ok_out, &mut err_out, &fail);
-                                }
-                            }
-                            Event::Died { reason } => {
-                                tracing::error!(executor = ex.name(), %reason, "executor died");
-                                dead = Some(reason);
-                            }
-                            Event::Ready { pid } => tracing::debug!(executor = ex.name(), pid, "executor ready"),
-                            Event::Pong(_) => {}
-                        }
+                if let Some(dc) = delta_cap.as_ref() {
+                    st.sync_role(&wake, &mut delta_h.session(dc));
+                }
+                let mut out = Out {
+                    ok: &mut ok_h,
+                    err: &mut err_h,
+                    delta: &mut delta_h,
+                };
+                st.collect_events(&mut out, &wake, &mut notices_buf);
+                st.watch_health(&activator);
+                st.submit(&frontier, &mut out, &mut notices_buf);
+                st.gc();
+                if !notices_buf.is_empty() {
+                    if let Some(nc) = notice_cap.as_ref() {
+                        notice_out.activate().session(nc).give_iterator(notices_buf.drain(..));
                     }
                 }
-
-                // Without an executor, everything waiting fails with a typed error.
-                if let Some(reason) = &dead {
-                    let msg = format!("executor unavailable: {reason}");
-                    for (_, f) in in_flight.drain() {
-                        let mut s = err_out.session(&f.err_cap);
-                        for (meta, _) in f.requests {
-                            s.give(fail(meta, ErrorKind::Unavailable, msg.clone()));
-                        }
-                    }
-                    for (_, p) in std::mem::take(&mut pending) {
-                        let mut s = err_out.session(&p.err_cap);
-                        for e in p.requests {
-                            s.give(fail(e.meta, ErrorKind::Unavailable, msg.clone()));
-                        }
-                    }
+                if frontier.is_empty() && st.pending.is_empty() && st.serving.as_ref().is_none_or(|s| s.in_flight.is_empty()) {
+                    // The stream has ended: release the executor and the held capabilities.
+                    st.serving = None;
+                    notice_cap = None;
+                    delta_cap = None;
                     return;
                 }
-
-                // Send ready epochs: stateful ones complete and in order, stateless at once.
-                let frontier = frontiers[0].frontier();
-                let ready: Vec<Epoch> = pending
-                    .keys()
-                    .copied()
-                    .take_while(|e| !config.stateful || !frontier.less_equal(e))
-                    .collect();
-                let ex = executor.as_ref().expect("checked by `dead`");
-                for epoch in ready {
-                    let mut p = pending.remove(&epoch).expect("listed above");
-                    if config.stateful {
-                        p.requests.sort_by_key(|e| e.meta.seq);
-                    }
-                    let mut requests = std::mem::take(&mut p.requests);
-                    while !requests.is_empty() {
-                        let rest = requests.split_off(requests.len().min(config.max_batch.max(1)));
-                        let chunk = std::mem::replace(&mut requests, rest);
-                        let ticket = next_ticket;
-                        next_ticket += 1;
-                        let mut items = Vec::with_capacity(chunk.len());
-                        let mut metas = Vec::with_capacity(chunk.len());
-                        for e in chunk {
-                            items.push(Item {
-                                seq: e.meta.seq,
-                                session: e.meta.session,
-                                start: e.meta.start,
-                                end: e.meta.end,
-                                input: e.values,
-                            });
-                            metas.push((e.meta, e.lineage));
+                // Keep the held capabilities just behind the input.
+                if let Some(t) = frontier.iter().min() {
+                    for cap in [&mut notice_cap, &mut delta_cap].into_iter().flatten() {
+                        if cap.time() < t {
+                            cap.downgrade(t);
                         }
-                        ex.send(ToExecutor::Infer(InferRequest { ticket, epoch, items }));
-                        in_flight.insert(
-                            ticket,
-                            InFlight {
-                                ok_cap: p.ok_cap.clone(),
-                                err_cap: p.err_cap.clone(),
-                                epoch,
-                                requests: metas,
-                            },
-                        );
                     }
                 }
             }
         });
-        (ok_stream, err_stream)
+        InferStreams { ok, err, deltas, notices }
     }
 }
 
-type OkOut<'a> =
-    timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, timely::container::CapacityContainerBuilder<Vec<Envelope>>>;
-type ErrOut<'a> =
-    timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, timely::container::CapacityContainerBuilder<Vec<Failure>>>;
-
-/// Sends a finished batch's outputs and failures downstream.
-fn emit(
-    config: &InferConfig,
-    f: InFlight,
-    resp: InferResponse,
-    ok_out: &mut OkOut<'_>,
-    err_out: &mut ErrOut<'_>,
-    fail: &impl Fn(Meta, ErrorKind, String) -> Failure,
-) {
-    let mut ok = ok_out.session(&f.ok_cap);
-    let mut failures = Vec::new();
-    for ((meta, mut lineage), out) in f.requests.into_iter().zip(resp.outputs) {
-        match out {
-            Ok(values) => {
-                if config.stateful {
-                    lineage.push(LineageTag {
-                        model: config.index,
-                        incarnation: 0,
-                        epoch: f.epoch,
-                        fingerprint: 0,
-                    });
-                }
-                ok.give(Envelope {
-                    meta,
-                    values: Values::F32(values),
-                    lineage,
-                });
-            }
-            Err(e) => failures.push(fail(meta, e.kind, e.message)),
+impl State {
+    fn fail(&self, meta: Meta, kind: ErrorKind, message: String, lineage: Vec<LineageTag>) -> Failure {
+        Failure {
+            meta,
+            error: RequestError {
+                node: self.config.node.clone(),
+                kind,
+                message,
+            },
+            lineage,
         }
     }
-    drop(ok);
-    if !failures.is_empty() {
-        err_out.session(&f.err_cap).give_iterator(failures.into_iter());
+
+    fn spawn_executor(&self, replica: &str, wake: &impl Fn(&ExecutorHandle)) -> Option<ExecutorHandle> {
+        match (self.spawn)(replica) {
+            Ok(ex) => {
+                wake(&ex);
+                Some(ex)
+            }
+            Err(e) => {
+                tracing::error!(node = %self.config.node, error = %e, "cannot start an executor");
+                None
+            }
+        }
+    }
+
+    /// Starts, promotes or demotes this worker's executor to match the current view.
+    fn sync_role(
+        &mut self,
+        wake: &impl Fn(&ExecutorHandle),
+        delta: &mut timely::dataflow::operators::generic::Session<
+            '_,
+            '_,
+            Epoch,
+            timely::container::CapacityContainerBuilder<Vec<Delta>>,
+            Capability<Epoch>,
+        >,
+    ) {
+        let index = self.config.index;
+        if !self.config.stateful {
+            if self.serving.is_none() && self.config.hosts.contains(&self.me) {
+                let k = self.config.hosts.iter().position(|h| *h == self.me).unwrap_or(0);
+                let name = if k == 0 { "primary".to_string() } else { format!("replica{k}") };
+                self.serving = self.spawn_executor(&name, wake).map(|e| Serving::new(e, 0));
+            }
+            return;
+        }
+        let placement = self.control.borrow().placement(index).clone();
+        let serving_inc = self.serving.as_ref().map(|s| s.inc);
+        if placement.primary == self.me && serving_inc != Some(placement.inc) {
+            if placement.inc == 0 {
+                self.serving = self.spawn_executor("primary", wake).map(|e| Serving::new(e, 0));
+                return;
+            }
+            let Some(handoff) = self.control.borrow_mut().take_handoff(index) else {
+                return; // The backup on this worker has not cut yet.
+            };
+            self.demote(placement.backup);
+            let executor = match handoff.executor {
+                Some(e) => {
+                    wake(&e);
+                    Some(e)
+                }
+                None => self.spawn_executor("primary", wake),
+            };
+            let Some(executor) = executor else { return };
+            executor.send(ToExecutor::Restore(handoff.states.clone()));
+            self.log = handoff.executions.iter().map(|e| (e.seq, e.clone())).collect();
+            tracing::info!(node = %self.config.node, inc = placement.inc, sessions = handoff.states.len(), held = self.log.len(), "promoted backup is primary");
+            delta.give(Delta {
+                model: index,
+                inc: placement.inc,
+                to: placement.backup,
+                body: DeltaBody::Snapshot {
+                    states: handoff.states,
+                    executions: handoff.executions,
+                },
+            });
+            self.serving = Some(Serving::new(executor, placement.inc));
+        } else if placement.primary != self.me && self.serving.is_some() {
+            self.demote(placement.backup);
+        }
+    }
+
+    /// Gives up serving: a live executor becomes the backup's spare if the backup is here.
+    fn demote(&mut self, backup: usize) {
+        if let Some(s) = self.serving.take() {
+            if !s.dead && backup == self.me {
+                self.control.borrow_mut().put_spare(self.config.index, s.executor);
+            }
+        }
+        self.pending.clear();
+        self.log.clear();
+        self.executing.clear();
+    }
+
+    fn collect_events(&mut self, out: &mut Out<'_, '_>, wake: &impl Fn(&ExecutorHandle), notices: &mut Vec<Notice>) {
+        let Some(serving) = self.serving.as_mut() else { return };
+        let mut done = Vec::new();
+        let mut died = None;
+        while let Some(event) = serving.executor.try_event() {
+            serving.last_seen = Instant::now();
+            match event {
+                Event::Done(resp) => done.push(resp),
+                Event::Died { reason } => died = Some(reason),
+                Event::Pong(n) => {
+                    if serving.ping.is_some_and(|(p, _)| p == n) {
+                        serving.ping = None;
+                    }
+                }
+                Event::Ready { pid } => {
+                    tracing::debug!(executor = serving.executor.name(), pid, "executor ready");
+                    for fault in serving.recovering.drain(..) {
+                        notices.push(Notice::Respawned { fault, at_us: now_us() });
+                    }
+                }
+                Event::Restored => {}
+            }
+        }
+        for resp in &done {
+            tracing::trace!(node = %self.config.node, ticket = resp.ticket, "done");
+        }
+        for resp in done {
+            let Some(f) = self.serving.as_mut().and_then(|s| s.in_flight.remove(&resp.ticket)) else {
+                continue;
+            };
+            self.emit(f, resp, out);
+        }
+        let Some(reason) = died else { return };
+        let serving = self.serving.as_mut().expect("checked");
+        tracing::warn!(executor = serving.executor.name(), %reason, "executor died");
+        if self.config.stateful {
+            serving.dead = true;
+            notices.push(Notice::Failed {
+                model: self.config.index,
+                inc: serving.inc,
+                reason,
+                at_us: now_us(),
+            });
+            return;
+        }
+        // Stateless: start a new executor and resend what the old one lost.
+        let lost: Vec<InFlight> = serving.in_flight.drain().map(|(_, f)| f).collect();
+        let recovering = std::mem::take(&mut serving.recovering);
+        self.serving = None;
+        let k = self.config.hosts.iter().position(|h| *h == self.me).unwrap_or(0);
+        let name = if k == 0 { "primary".to_string() } else { format!("replica{k}") };
+        let Some(ex) = self.spawn_executor(&name, wake) else {
+            for f in lost {
+                for e in f.requests {
+                    let msg = "executor died and could not be restarted".to_string();
+                    let failure = self.fail(e.meta, ErrorKind::Unavailable, msg, e.lineage);
+                    out.err.session(&f.caps.err).give(failure);
+                }
+            }
+            return;
+        };
+        let mut s = Serving::new(ex, 0);
+        s.recovering = recovering;
+        self.serving = Some(s);
+        for f in lost {
+            self.send_batch(f.caps, f.epoch, f.requests, &mut Vec::new());
+        }
+    }
+
+    /// Kills an executor that stopped answering; its death then arrives as `Died`.
+    fn watch_health(&mut self, activator: &timely::scheduling::Activator) {
+        let (deadline, heartbeat) = (self.config.deadline, self.config.heartbeat);
+        let Some(s) = self.serving.as_mut().filter(|s| !s.dead) else {
+            return;
+        };
+        let oldest = s.in_flight.values().map(|f| f.sent).min();
+        let waiting_since = match (oldest, s.ping) {
+            (Some(o), Some((_, p))) => Some(o.min(p)),
+            (o, p) => o.or(p.map(|(_, t)| t)),
+        };
+        if let Some(since) = waiting_since {
+            if since.elapsed() > deadline && s.last_seen.elapsed() > deadline {
+                tracing::warn!(executor = s.executor.name(), ?deadline, "executor hung; killing it");
+                s.executor.signal(libc::SIGKILL);
+                // A stopped process dies on SIGKILL too; its socket closes and `Died` follows.
+            }
+        } else if s.last_seen.elapsed() >= heartbeat {
+            let n = self.next_ticket;
+            self.next_ticket += 1;
+            s.executor.send(ToExecutor::Ping(n));
+            s.ping = Some((n, Instant::now()));
+        }
+        activator.activate_after(heartbeat.min(deadline / 4).max(Duration::from_millis(1)));
+    }
+
+    fn submit(&mut self, frontier: &timely::progress::Antichain<Epoch>, out: &mut Out<'_, '_>, notices: &mut Vec<Notice>) {
+        let view = self.control.borrow().view();
+        if self.serving.as_ref().is_none_or(|s| s.dead) {
+            // Requests wait for a new primary; those of an older view are replayed, so drop them.
+            self.pending.retain(|_, (_, reqs)| {
+                reqs.retain(|e| view_check(e.meta.view, view) != ViewCheck::Stale);
+                !reqs.is_empty()
+            });
+            if self.serving.is_none() && !self.config.stateful {
+                // A stateless executor that could not be started: answer with typed errors.
+                for (_, (caps, reqs)) in std::mem::take(&mut self.pending) {
+                    for e in reqs {
+                        let failure = self.fail(e.meta, ErrorKind::Unavailable, "no executor for this model".into(), e.lineage);
+                        out.err.session(&caps.err).give(failure);
+                    }
+                }
+            }
+            return;
+        }
+        let epochs: Vec<Epoch> = self.pending.keys().copied().collect();
+        if !epochs.is_empty() {
+            tracing::trace!(node = %self.config.node, view, ?epochs, views = ?self.pending.values().flat_map(|(_, r)| r.iter().map(|e| e.meta.view)).collect::<std::collections::BTreeSet<_>>(), frontier = ?frontier.elements(), log = self.log.len(), executing = self.executing.len(), "pending");
+        }
+        for epoch in epochs {
+            if self.config.stateful && frontier.less_equal(&epoch) {
+                break; // Stateful: only complete epochs, in order.
+            }
+            let (caps, requests) = self.pending.remove(&epoch).expect("listed");
+            let mut fresh = Vec::new();
+            let mut keep = Vec::new();
+            let mut early = false;
+            for env in requests {
+                match view_check(env.meta.view, view) {
+                    ViewCheck::Stale => {}
+                    ViewCheck::Early => {
+                        early = true;
+                        keep.push(env);
+                    }
+                    ViewCheck::Current if !self.config.stateful => fresh.push(env),
+                    ViewCheck::Current => {
+                        if let Some(exec) = self.log.get(&env.meta.seq) {
+                            // Executed before (maybe by the replica we were promoted from): answer from the log.
+                            let exec = exec.clone();
+                            self.emit_logged(&caps, env, &exec, out);
+                        } else if self.executing.contains(&env.meta.seq) {
+                            keep.push(env);
+                        } else {
+                            fresh.push(env);
+                        }
+                    }
+                }
+            }
+            if self.config.stateful {
+                fresh.sort_by_key(|e| e.meta.seq);
+            }
+            if !fresh.is_empty() {
+                self.send_batch(caps.clone(), epoch, fresh, notices);
+            }
+            if !keep.is_empty() {
+                self.pending.insert(epoch, (caps, keep));
+            }
+            if early && self.config.stateful {
+                break;
+            }
+        }
+    }
+
+    /// Sends `requests` in batches of at most `max_batch`, injecting planned faults.
+    fn send_batch(&mut self, caps: Caps, epoch: Epoch, mut requests: Vec<Envelope>, notices: &mut Vec<Notice>) {
+        let max = self.config.max_batch.max(1);
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().min(max));
+            let chunk = std::mem::replace(&mut requests, rest);
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            let items = chunk
+                .iter()
+                .map(|e| Item {
+                    seq: e.meta.seq,
+                    session: e.meta.session,
+                    start: e.meta.start,
+                    end: e.meta.end,
+                    input: e.values.clone(),
+                })
+                .collect();
+            let top = chunk.iter().map(|e| e.meta.seq).max().unwrap_or(0);
+            if self.config.stateful {
+                self.executing.extend(chunk.iter().map(|e| e.meta.seq));
+            }
+            let serving = self.serving.as_mut().expect("checked by caller");
+            tracing::trace!(node = %self.config.node, ticket, epoch, "send");
+            serving.executor.send(ToExecutor::Infer(InferRequest { ticket, epoch, items }));
+            serving.in_flight.insert(
+                ticket,
+                InFlight {
+                    caps: caps.clone(),
+                    epoch,
+                    sent: Instant::now(),
+                    requests: chunk,
+                },
+            );
+            let due = self.control.borrow().due_faults(self.config.index, Role::Primary, top);
+            for fault in due {
+                let kind = self.control.borrow().faults[fault].kind;
+                let signal = if kind == FaultKind::Kill { libc::SIGKILL } else { libc::SIGSTOP };
+                let serving = self.serving.as_mut().expect("checked");
+                tracing::warn!(executor = serving.executor.name(), ?kind, seq = top, "injecting fault");
+                serving.executor.signal(signal);
+                serving.recovering.push(fault);
+                self.control.borrow_mut().fired.insert(fault);
+                notices.push(Notice::Injected { fault, at_us: now_us() });
+            }
+        }
+    }
+
+    /// Sends a finished batch's outputs and failures downstream, and its delta to the backup.
+    fn emit(&mut self, f: InFlight, resp: InferResponse, out: &mut Out<'_, '_>) {
+        let stateful = self.config.stateful;
+        let inc = self.serving.as_ref().map_or(0, |s| s.inc);
+        let mut executions = Vec::new();
+        {
+            let mut ok = out.ok.session(&f.caps.ok);
+            for (env, result) in f.requests.into_iter().zip(resp.outputs) {
+                if stateful {
+                    self.executing.remove(&env.meta.seq);
+                }
+                let mut lineage = env.lineage.clone();
+                match result {
+                    Ok(o) => {
+                        if stateful {
+                            lineage.push(LineageTag {
+                                model: self.config.index,
+                                incarnation: inc,
+                                epoch: f.epoch,
+                                fingerprint: o.fp,
+                            });
+                            executions.push(Execution {
+                                seq: env.meta.seq,
+                                session: env.meta.session,
+                                outcome: Ok(o.values.clone()),
+                                prev_fp: o.prev_fp,
+                                fp: o.fp,
+                                inc,
+                                epoch: f.epoch,
+                                input_lineage: env.lineage,
+                            });
+                        }
+                        ok.give(Envelope {
+                            meta: env.meta,
+                            values: Values::F32(o.values),
+                            lineage,
+                        });
+                    }
+                    Err(e) => {
+                        if stateful {
+                            lineage.push(self.read_tag(inc, f.epoch));
+                            executions.push(Execution {
+                                seq: env.meta.seq,
+                                session: env.meta.session,
+                                outcome: Err(e.clone()),
+                                prev_fp: 0,
+                                fp: 0,
+                                inc,
+                                epoch: f.epoch,
+                                input_lineage: env.lineage,
+                            });
+                        }
+                        let failure = self.fail(env.meta, e.kind, e.message, lineage);
+                        out.err.session(&f.caps.err).give(failure);
+                    }
+                }
+            }
+        }
+        if stateful {
+            for e in &executions {
+                self.log.insert(e.seq, e.clone());
+            }
+            let backup = self.control.borrow().placement(self.config.index).backup;
+            out.delta.session(&f.caps.delta).give(Delta {
+                model: self.config.index,
+                inc,
+                to: backup,
+                body: DeltaBody::Exec {
+                    states: resp.delta.into_iter().map(|u| (u.session, u.state)).collect(),
+                    executions,
+                },
+            });
+        }
+    }
+
+    /// A dependency on a stateful model's state that did not change it (e.g. "unknown session").
+    fn read_tag(&self, inc: u32, epoch: Epoch) -> LineageTag {
+        LineageTag {
+            model: self.config.index,
+            incarnation: inc,
+            epoch,
+            fingerprint: 0,
+        }
+    }
+
+    /// Answers a replayed request from the execution log.
+    fn emit_logged(&self, caps: &Caps, env: Envelope, exec: &Execution, out: &mut Out<'_, '_>) {
+        let tag = LineageTag {
+            model: self.config.index,
+            incarnation: exec.inc,
+            epoch: exec.epoch,
+            fingerprint: exec.fp,
+        };
+        let mut lineage = env.lineage;
+        lineage.push(tag);
+        match &exec.outcome {
+            Ok(values) => out.ok.session(&caps.ok).give(Envelope {
+                meta: env.meta,
+                values: Values::F32(values.clone()),
+                lineage,
+            }),
+            Err(ItemError { kind, message }) => {
+                let failure = self.fail(env.meta, *kind, message.clone(), lineage);
+                out.err.session(&caps.err).give(failure);
+            }
+        }
+    }
+
+    /// Forgets executions whose results have been released.
+    fn gc(&mut self) {
+        if !self.config.stateful || self.last_gc.elapsed() < Duration::from_millis(50) {
+            return;
+        }
+        self.last_gc = Instant::now();
+        let control = self.control.borrow();
+        self.log.retain(|seq, _| !control.is_released(*seq));
     }
 }

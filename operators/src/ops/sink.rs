@@ -2,17 +2,21 @@
 //! output topic exactly once and records it in the released ledger, in one
 //! RocksDB batch per activation.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use hams_storage::{Batch, Cf, Log, OutputRecord, Released, Store, Values};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+use super::control::{committed, Cut};
 use super::{Envelope, Epoch, Failure};
 use crate::error::Result;
 
@@ -29,6 +33,10 @@ pub struct SinkStats {
     pub suppressed: u64,
     /// End-to-end latency of each release, µs.
     pub latencies_us: Vec<u32>,
+    /// Results discarded because they depended on an orphan (never released).
+    pub orphans: u64,
+    /// First release that depended on each `(model, incarnation > 0)`, µs since the Unix epoch.
+    pub first_release: Vec<(u16, u32, u64)>,
     /// Final audit, sent once when the stream ends.
     pub audit: Option<Audit>,
 }
@@ -55,13 +63,40 @@ pub struct SinkConfig {
     pub partition: u32,
     /// Wait for each batch to reach the disk before releasing.
     pub sync: bool,
+    /// The partition's released ledger (shared with ingestion, which replays what is not in it).
+    pub released: Rc<RefCell<Released>>,
+}
+
+/// Advance of a partition's released watermark (every offset below is released).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// Source partition.
+    pub partition: u32,
+    /// Offsets below this are released.
+    pub offset: u64,
+}
+
+/// The streams of a sink.
+pub struct SinkStreams<'scope> {
+    /// Statistics for worker 0.
+    pub stats: Stream<'scope, Epoch, Vec<SinkStats>>,
+    /// Released watermarks, for garbage collection everywhere.
+    pub watermarks: Stream<'scope, Epoch, Vec<Watermark>>,
 }
 
 /// Releases results at their home worker.
 pub trait Release<'scope> {
     /// Releases `self` (results) and `failures` (typed errors) exactly once per
-    /// `seq`, durably; returns per-batch statistics.
-    fn release(self, failures: Stream<'scope, Epoch, Vec<Failure>>, config: SinkConfig) -> Result<Stream<'scope, Epoch, Vec<SinkStats>>>;
+    /// `seq`, durably, once every stateful execution in their lineage is held
+    /// by a backup: the frontier of that model's stream in `durable` has passed
+    /// its epoch (I2). Results depending on an orphan (a cut incarnation's
+    /// execution past its cut) are discarded; their requests are replayed.
+    fn release(
+        self,
+        failures: Stream<'scope, Epoch, Vec<Failure>>,
+        durable: Vec<(u16, Stream<'scope, Epoch, Vec<Cut>>)>,
+        config: SinkConfig,
+    ) -> Result<SinkStreams<'scope>>;
 }
 
 fn now_us() -> u64 {
@@ -71,15 +106,12 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// A result offered to the sink, with its source offset.
-type Offered = (u64, OutputRecord);
-
 /// Durable state of one sink.
 struct Ledger {
     store: Arc<Store>,
     partition: u32,
     sync: bool,
-    released: Released,
+    released: Rc<RefCell<Released>>,
     output: Log,
     next_out: u64,
     src_start: u64,
@@ -89,11 +121,13 @@ struct Ledger {
 
 impl Ledger {
     fn open(config: &SinkConfig) -> Result<Self> {
-        let released = Released::load(config.store.clone(), config.partition)?;
+        let released = config.released.clone();
+        let released_ref = released.borrow();
         let output = Log::new(config.store.clone(), Cf::Output);
         let next_out = output.end_offset(config.partition)?;
-        let src_start = released.watermark();
-        let released_before = released.pending().collect();
+        let src_start = released_ref.watermark();
+        let released_before = released_ref.pending().collect();
+        drop(released_ref);
         Ok(Ledger {
             store: config.store.clone(),
             partition: config.partition,
@@ -108,13 +142,15 @@ impl Ledger {
     }
 
     /// Makes `records` durable, skipping released ones, and counts them in `stats`.
-    fn commit(&mut self, records: Vec<(u64, OutputRecord)>, stats: &mut SinkStats) -> Result<()> {
+    /// Returns the new watermark if it advanced.
+    fn commit(&mut self, records: Vec<(u64, OutputRecord)>, stats: &mut SinkStats) -> Result<Option<u64>> {
         let mut batch = Batch::new();
         let mut fresh = Vec::with_capacity(records.len());
         let mut seen = BTreeSet::new();
         let now = now_us();
+        let mut released = self.released.borrow_mut();
         for (offset, mut rec) in records {
-            if self.released.contains(offset) || !seen.insert(offset) {
+            if released.contains(offset) || !seen.insert(offset) {
                 stats.suppressed += 1;
                 continue;
             }
@@ -124,9 +160,10 @@ impl Ledger {
             fresh.push((offset, rec));
         }
         let pairs: Vec<(u64, u64)> = fresh.iter().map(|(o, r)| (*o, r.seq)).collect();
-        let staged = self.released.stage(&mut batch, &pairs);
+        let staged = released.stage(&mut batch, &pairs);
         self.store.commit(batch, self.sync)?;
-        self.released.apply(staged);
+        let before = released.watermark();
+        released.apply(staged);
         self.next_out += fresh.len() as u64;
         for (_, rec) in fresh {
             stats.released += 1;
@@ -135,7 +172,7 @@ impl Ledger {
                 .latencies_us
                 .push(now.saturating_sub(rec.ingest_us).min(u32::MAX as u64) as u32);
         }
-        Ok(())
+        Ok((released.watermark() > before).then(|| released.watermark()))
     }
 
     /// Counts, from the durable output topic, what this run answered.
@@ -169,80 +206,167 @@ impl Ledger {
     }
 }
 
+/// A result waiting for its lineage to be held by backups.
+struct Held {
+    cap: Capability<Epoch>,
+    offset: u64,
+    record: OutputRecord,
+}
+
 impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
-    fn release(self, failures: Stream<'scope, Epoch, Vec<Failure>>, config: SinkConfig) -> Result<Stream<'scope, Epoch, Vec<SinkStats>>> {
+    fn release(
+        self,
+        failures: Stream<'scope, Epoch, Vec<Failure>>,
+        durable: Vec<(u16, Stream<'scope, Epoch, Vec<Cut>>)>,
+        config: SinkConfig,
+    ) -> Result<SinkStreams<'scope>> {
         let mut ledger = Ledger::open(&config)?;
         let mut builder = OperatorBuilder::new("Release".to_string(), self.scope());
         let mut ok_in = builder.new_input(self, Exchange::new(|e: &Envelope| e.meta.home as u64));
         let mut err_in = builder.new_input(failures, Exchange::new(|f: &Failure| f.meta.home as u64));
-        let (out, stream) = builder.new_output::<Vec<SinkStats>>();
+        let models: Vec<u16> = durable.iter().map(|(m, _)| *m).collect();
+        let mut durable_in: Vec<_> = durable
+            .into_iter()
+            .map(|(_, s)| builder.new_input(s.broadcast(), Pipeline))
+            .collect();
+        let (out, stats) = builder.new_output::<Vec<SinkStats>>();
+        let (wm_out, watermarks) = builder.new_output::<Vec<Watermark>>();
         let mut out = OutputBuilder::from(out);
+        let mut wm_out = OutputBuilder::from(wm_out);
         builder.build(move |mut initial| {
+            initial.pop();
             let mut final_cap: Option<Capability<Epoch>> = initial.pop();
-            // Records whose commit failed wait here for the next attempt.
-            let mut waiting: Vec<(Capability<Epoch>, Vec<Offered>)> = Vec::new();
+            let mut held: Vec<Held> = Vec::new();
+            let mut cuts: BTreeMap<u16, BTreeMap<u32, Epoch>> = BTreeMap::new();
+            let mut first_seen: BTreeSet<(u16, u32)> = BTreeSet::new();
             move |frontiers| {
                 let mut out = out.activate();
+                let mut wm_out = wm_out.activate();
                 ok_in.for_each_stamp(|cap, data| {
                     let Some(epoch) = cap.least().copied() else { return };
-                    let recs = data
-                        .flat_map(|d| d.drain(..))
-                        .map(|e| {
-                            let rec = OutputRecord {
-                                seq: e.meta.seq,
-                                offset: e.meta.offset,
-                                session: e.meta.session,
-                                epoch,
-                                ingest_us: e.meta.ingest_us,
-                                release_us: 0,
-                                outcome: Ok::<Values, _>(e.values),
-                                lineage: e.lineage,
-                            };
-                            (e.meta.offset, rec)
-                        })
-                        .collect();
-                    waiting.push((cap.delayed(&epoch, 0), recs));
+                    for e in data.flat_map(|d| d.drain(..)) {
+                        let record = OutputRecord {
+                            seq: e.meta.seq,
+                            offset: e.meta.offset,
+                            session: e.meta.session,
+                            epoch,
+                            ingest_us: e.meta.ingest_us,
+                            release_us: 0,
+                            outcome: Ok::<Values, _>(e.values),
+                            lineage: e.lineage,
+                        };
+                        held.push(Held {
+                            cap: cap.delayed(&epoch, 0),
+                            offset: e.meta.offset,
+                            record,
+                        });
+                    }
                 });
                 err_in.for_each_stamp(|cap, data| {
                     let Some(epoch) = cap.least().copied() else { return };
-                    let recs = data
-                        .flat_map(|d| d.drain(..))
-                        .map(|f| {
-                            let rec = OutputRecord {
-                                seq: f.meta.seq,
-                                offset: f.meta.offset,
-                                session: f.meta.session,
-                                epoch,
-                                ingest_us: f.meta.ingest_us,
-                                release_us: 0,
-                                outcome: Err(f.error),
-                                lineage: Vec::new(),
-                            };
-                            (f.meta.offset, rec)
-                        })
-                        .collect();
-                    waiting.push((cap.delayed(&epoch, 0), recs));
+                    for f in data.flat_map(|d| d.drain(..)) {
+                        let record = OutputRecord {
+                            seq: f.meta.seq,
+                            offset: f.meta.offset,
+                            session: f.meta.session,
+                            epoch,
+                            ingest_us: f.meta.ingest_us,
+                            release_us: 0,
+                            outcome: Err(f.error),
+                            lineage: f.lineage,
+                        };
+                        held.push(Held {
+                            cap: cap.delayed(&epoch, 0),
+                            offset: f.meta.offset,
+                            record,
+                        });
+                    }
                 });
-                if !waiting.is_empty() {
-                    let cap = waiting.iter().map(|(c, _)| c).min_by_key(|c| *c.time()).expect("non-empty").clone();
-                    let records: Vec<_> = waiting.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
-                    let mut stats = SinkStats {
-                        worker: ledger.partition,
-                        ..SinkStats::default()
-                    };
-                    match ledger.commit(records, &mut stats) {
-                        Ok(()) => {
-                            waiting.clear();
-                            out.session(&cap).give(stats);
+                for input in durable_in.iter_mut() {
+                    input.for_each(|_, data| {
+                        for c in data.drain(..) {
+                            cuts.entry(c.model).or_default().insert(c.inc, c.epoch);
                         }
-                        Err(e) => tracing::error!(error = %e, "sink commit failed; results held for retry"),
+                    });
+                }
+                let mut stats = SinkStats {
+                    worker: ledger.partition,
+                    ..SinkStats::default()
+                };
+                if !held.is_empty() {
+                    tracing::trace!(partition = ledger.partition, held = held.len(), durable = ?frontiers[2..].iter().map(|f| f.frontier().to_owned()).collect::<Vec<_>>(), "sink holding");
+                    // Decide each held result: release, discard (orphan), or keep waiting.
+                    let empty = BTreeMap::new();
+                    let verdict = |r: &OutputRecord| -> Option<bool> {
+                        let mut all = true;
+                        for t in &r.lineage {
+                            let Some(i) = models.iter().position(|m| *m == t.model) else { continue };
+                            let f = frontiers[2 + i].frontier();
+                            match committed(cuts.get(&t.model).unwrap_or(&empty), |e| !f.less_equal(&e), t.incarnation, t.epoch) {
+                                Some(true) => {}
+                                Some(false) => return Some(false),
+                                None => all = false,
+                            }
+                        }
+                        all.then_some(true)
+                    };
+                    let mut ready = Vec::new();
+                    let mut cap: Option<Capability<Epoch>> = None;
+                    held.retain(|h| match verdict(&h.record) {
+                        Some(true) => {
+                            if cap.as_ref().is_none_or(|c| h.cap.time() < c.time()) {
+                                cap = Some(h.cap.clone());
+                            }
+                            ready.push((h.offset, h.record.clone()));
+                            false
+                        }
+                        Some(false) => {
+                            stats.orphans += 1;
+                            false
+                        }
+                        None => true,
+                    });
+                    if let Some(cap) = cap {
+                        for (_, r) in &ready {
+                            for t in &r.lineage {
+                                if t.incarnation > 0 && first_seen.insert((t.model, t.incarnation)) {
+                                    stats.first_release.push((t.model, t.incarnation, now_us()));
+                                }
+                            }
+                        }
+                        match ledger.commit(ready.clone(), &mut stats) {
+                            Ok(wm) => {
+                                if let Some(offset) = wm {
+                                    wm_out.session(&cap).give(Watermark {
+                                        partition: ledger.partition,
+                                        offset,
+                                    });
+                                }
+                                out.session(&cap).give(std::mem::take(&mut stats));
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "sink commit failed; results held for retry");
+                                for (offset, record) in ready {
+                                    held.push(Held {
+                                        cap: cap.clone(),
+                                        offset,
+                                        record,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                if stats.orphans > 0 {
+                    if let Some(c) = final_cap.as_ref() {
+                        out.session(c).give(stats);
                     }
                 }
                 // Keep the audit capability just behind the inputs; spend it when they end.
-                let least = frontiers.iter().filter_map(|f| f.frontier().iter().min().copied()).min();
+                let least = frontiers[..2].iter().filter_map(|f| f.frontier().iter().min().copied()).min();
                 match (least, final_cap.as_mut()) {
                     (Some(t), Some(cap)) if *cap.time() < t => cap.downgrade(&t),
-                    (None, Some(_)) if waiting.is_empty() => {
+                    (None, Some(_)) if held.is_empty() => {
                         let cap = final_cap.take().expect("matched");
                         match ledger.audit() {
                             Ok(audit) => out.session(&cap).give(SinkStats {
@@ -257,6 +381,6 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                 }
             }
         });
-        Ok(stream)
+        Ok(SinkStreams { stats, watermarks })
     }
 }
