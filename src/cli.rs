@@ -34,6 +34,19 @@ pub enum Command {
     ExportWeights(ExportArgs),
     /// Check a data directory's durable records: exactly-once, one chain per session, committed lineage.
     Verify(VerifyArgs),
+    /// Print the results in a data directory's output topic, one JSON line each.
+    Results(ResultsArgs),
+}
+
+/// Options of `hams results`.
+#[derive(Debug, Clone, Args)]
+pub struct ResultsArgs {
+    /// Data directory of a run.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Only typed errors.
+    #[arg(long)]
+    pub errors: bool,
 }
 
 /// Options of `hams verify`.

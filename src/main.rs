@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&args),
         Some(Command::ExportWeights(args)) => export(&args),
         Some(Command::Verify(args)) => verify(&args),
+        Some(Command::Results(args)) => results(&args),
     };
     match result {
         Ok(code) => code,
@@ -276,4 +277,35 @@ fn verify(args: &cli::VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn results(args: &cli::ResultsArgs) -> Result<ExitCode> {
+    use hams_storage::{Cf, OutputRecord, Store};
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&args.data_dir)
+        .with_context(|| format!("reading {}", args.data_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('p')))
+        .collect();
+    dirs.sort();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for dir in dirs {
+        let store = Store::open_read_only(&dir)?;
+        for (_, rec) in store.scan::<OutputRecord>(Cf::Output, &[], &[0xff; 16], usize::MAX)? {
+            if args.errors && rec.outcome.is_ok() {
+                continue;
+            }
+            let outcome = match &rec.outcome {
+                Ok(v) => serde_json::json!({ "output": v }),
+                Err(e) => serde_json::json!({ "error": { "node": e.node, "kind": format!("{:?}", e.kind), "message": e.message } }),
+            };
+            let line = serde_json::json!({
+                "seq": rec.seq, "session": rec.session, "epoch": rec.epoch,
+                "latency_us": rec.release_us.saturating_sub(rec.ingest_us), "result": outcome,
+                "lineage": rec.lineage.iter().map(|t| serde_json::json!([t.model, t.incarnation, t.epoch, format!("{:016x}", t.fingerprint)])).collect::<Vec<_>>(),
+            });
+            use std::io::Write;
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

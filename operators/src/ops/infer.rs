@@ -226,8 +226,17 @@ impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                         entry.1.append(batch);
                     }
                 });
-                if let Some(dc) = delta_cap.as_ref() {
-                    st.sync_role(&wake, &mut delta_h.session(dc));
+                if let Some(snapshot) = st.sync_role(&wake) {
+                    // At the earliest epoch we may still send a delta for: the snapshot must precede them.
+                    let cap = st
+                        .pending
+                        .values()
+                        .map(|(c, _)| &c.delta)
+                        .chain(delta_cap.iter())
+                        .min_by_key(|c| *c.time());
+                    if let Some(cap) = cap {
+                        delta_h.session(cap).give(snapshot);
+                    }
                 }
                 let mut out = Out {
                     ok: &mut ok_h,
@@ -291,17 +300,7 @@ impl State {
     }
 
     /// Starts, promotes or demotes this worker's executor to match the current view.
-    fn sync_role(
-        &mut self,
-        wake: &impl Fn(&ExecutorHandle),
-        delta: &mut timely::dataflow::operators::generic::Session<
-            '_,
-            '_,
-            Epoch,
-            timely::container::CapacityContainerBuilder<Vec<Delta>>,
-            Capability<Epoch>,
-        >,
-    ) {
+    fn sync_role(&mut self, wake: &impl Fn(&ExecutorHandle)) -> Option<Delta> {
         let index = self.config.index;
         if !self.config.stateful {
             if self.serving.is_none() && self.config.hosts.contains(&self.me) {
@@ -309,17 +308,17 @@ impl State {
                 let name = if k == 0 { "primary".to_string() } else { format!("replica{k}") };
                 self.serving = self.spawn_executor(&name, wake).map(|e| Serving::new(e, 0));
             }
-            return;
+            return None;
         }
         let placement = self.control.borrow().placement(index).clone();
         let serving_inc = self.serving.as_ref().map(|s| s.inc);
         if placement.primary == self.me && serving_inc != Some(placement.inc) {
             if placement.inc == 0 {
                 self.serving = self.spawn_executor("primary", wake).map(|e| Serving::new(e, 0));
-                return;
+                return None;
             }
             let Some(handoff) = self.control.borrow_mut().take_handoff(index) else {
-                return; // The backup on this worker has not cut yet.
+                return None; // The backup on this worker has not cut yet.
             };
             self.demote(placement.backup);
             let executor = match handoff.executor {
@@ -329,11 +328,12 @@ impl State {
                 }
                 None => self.spawn_executor("primary", wake),
             };
-            let Some(executor) = executor else { return };
+            let Some(executor) = executor else { return None };
             executor.send(ToExecutor::Restore(handoff.states.clone()));
             self.log = handoff.executions.iter().map(|e| (e.seq, e.clone())).collect();
             tracing::info!(node = %self.config.node, inc = placement.inc, sessions = handoff.states.len(), held = self.log.len(), "promoted backup is primary");
-            delta.give(Delta {
+            self.serving = Some(Serving::new(executor, placement.inc));
+            return Some(Delta {
                 model: index,
                 inc: placement.inc,
                 to: placement.backup,
@@ -342,20 +342,20 @@ impl State {
                     executions: handoff.executions,
                 },
             });
-            self.serving = Some(Serving::new(executor, placement.inc));
         } else if placement.primary != self.me && self.serving.is_some() {
             self.demote(placement.backup);
         }
+        None
     }
 
     /// Gives up serving: a live executor becomes the backup's spare if the backup is here.
+    /// Pending requests stay: those of older views are dropped at submission.
     fn demote(&mut self, backup: usize) {
         if let Some(s) = self.serving.take() {
             if !s.dead && backup == self.me {
                 self.control.borrow_mut().put_spare(self.config.index, s.executor);
             }
         }
-        self.pending.clear();
         self.log.clear();
         self.executing.clear();
     }
