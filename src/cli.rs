@@ -139,6 +139,9 @@ pub struct RunArgs {
     /// Skip the consistency check of the durable records at the end.
     #[arg(long)]
     pub no_verify: bool,
+    /// Experiment: make backups hold each epoch this long before applying it (a slow backup).
+    #[arg(long, default_value_t = 0)]
+    pub backup_delay_ms: u64,
 }
 
 /// Options of `hams check`.

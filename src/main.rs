@@ -164,6 +164,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         deadline: Duration::from_millis(args.deadline_ms.max(1)),
         lineage_retention: 1 << 40,
         verify: !args.no_verify,
+        backup_delay: Duration::from_millis(args.backup_delay_ms),
     };
     install_ctrl_c();
     let summary = hams_dataflow::run(config);

@@ -55,6 +55,7 @@ pub(crate) struct Plan {
     pub faults: Vec<Fault>,
     pub deadline: Duration,
     pub lineage_retention: u64,
+    pub backup_delay: Duration,
 }
 
 /// A built dataflow's handles.
@@ -183,6 +184,7 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
                     store: store.clone(),
                     sync: plan.sync,
                     lineage_retention: plan.lineage_retention,
+                    apply_delay: plan.backup_delay,
                 };
                 let b = s.deltas.backup(upstream, config, control.clone(), spawn);
                 durable.insert(i as u16, b.durable);

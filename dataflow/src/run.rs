@@ -99,6 +99,8 @@ pub struct RunConfig {
     pub lineage_retention: u64,
     /// Run the consistency checker over the data directory at the end (process 0).
     pub verify: bool,
+    /// Make backups hold each epoch this long before applying it (experiments, tests).
+    pub backup_delay: Duration,
 }
 
 impl RunConfig {
@@ -123,6 +125,7 @@ impl RunConfig {
             deadline: Duration::from_millis(500),
             lineage_retention: 1 << 40,
             verify: true,
+            backup_delay: Duration::ZERO,
         }
     }
 }
@@ -244,6 +247,7 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         faults: config.faults.clone(),
         deadline: config.deadline,
         lineage_retention: config.lineage_retention,
+        backup_delay: config.backup_delay,
     });
     let config = Arc::new(config);
     let timely_config = config.timely.config();

@@ -71,6 +71,8 @@ pub struct BackupConfig {
     pub sync: bool,
     /// Committed lineage records kept behind the released watermark, for verification.
     pub lineage_retention: u64,
+    /// Hold each epoch this long before applying it (a slow backup, for experiments and tests).
+    pub apply_delay: Duration,
 }
 
 /// The streams of a backup.
@@ -158,6 +160,7 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                 cap: durable_cap,
             });
             let mut inbox: BTreeMap<Epoch, (Capability<Epoch>, Vec<Delta>)> = BTreeMap::new();
+            let mut arrived: BTreeMap<Epoch, Instant> = BTreeMap::new();
             let mut upstream_cuts: BTreeMap<u16, BTreeMap<u32, Epoch>> = BTreeMap::new();
             let mut cut_upto: Option<u32> = None;
             let mut recovering: Vec<usize> = Vec::new();
@@ -169,6 +172,7 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                 let mut durable_h = durable_out.activate();
                 deltas_in.for_each_stamp(|cap, data| {
                     let Some(epoch) = cap.least().copied() else { return };
+                    arrived.entry(epoch).or_insert_with(Instant::now);
                     let entry = inbox.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new()));
                     for batch in data {
                         entry.1.append(batch);
@@ -264,6 +268,12 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                         if delta_frontier.less_equal(&epoch) || frontiers[1..].iter().any(|f| f.frontier().less_equal(&epoch)) {
                             break;
                         }
+                        if let Some(wait) = arrived.get(&epoch).and_then(|t| config.apply_delay.checked_sub(t.elapsed())) {
+                            if !wait.is_zero() {
+                                activator.activate_after(wait);
+                                break;
+                            }
+                        }
                         let (ecap, ds) = inbox.first_key_value().map(|(_, v)| v).expect("present");
                         if !a.synced && !ds.iter().any(|d| d.inc == a.inc && matches!(d.body, DeltaBody::Snapshot { .. })) {
                             break;
@@ -284,6 +294,7 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                         }
                         let ecap = ecap.clone();
                         let (_, (_, ds)) = inbox.pop_first().expect("present");
+                        arrived.remove(&epoch);
                         let mut batch = Batch::new();
                         let mut top_seq = None;
                         for d in ds.into_iter().filter(|d| d.inc == a.inc) {
@@ -383,6 +394,7 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                         notice_out.activate().session(nc).give_iterator(notices.drain(..));
                     }
                 }
+                arrived.retain(|e, _| inbox.contains_key(e));
                 let ended = frontiers[0].frontier().is_empty() && inbox.is_empty();
                 if ended {
                     notice_cap = None;
