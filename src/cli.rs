@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a service graph (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a graph file and print its nodes, shapes and placement.
     Check(CheckArgs),
     /// Write a node's weights (seeded init) to a safetensors file.
@@ -139,6 +139,12 @@ pub struct RunArgs {
     /// Skip the consistency check of the durable records at the end.
     #[arg(long)]
     pub no_verify: bool,
+    /// Output records kept per partition in the output topic (older ones are deleted).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub retain_outputs: u64,
+    /// Committed lineage records kept behind the released watermark, for `hams verify`.
+    #[arg(long, default_value_t = 100_000)]
+    pub retain_lineage: u64,
     /// Experiment: make backups hold each epoch this long before applying it (a slow backup).
     #[arg(long, default_value_t = 0)]
     pub backup_delay_ms: u64,

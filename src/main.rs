@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
         Some(Command::Check(args)) => check(&args),
         Some(Command::ExportWeights(args)) => export(&args),
@@ -162,7 +162,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         duration: args.duration.map(Duration::from_secs_f64),
         faults,
         deadline: Duration::from_millis(args.deadline_ms.max(1)),
-        lineage_retention: 1 << 40,
+        lineage_retention: args.retain_lineage,
+        retain_outputs: args.retain_outputs.max(1),
         verify: !args.no_verify,
         backup_delay: Duration::from_millis(args.backup_delay_ms),
     };

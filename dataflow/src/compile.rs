@@ -56,6 +56,7 @@ pub(crate) struct Plan {
     pub deadline: Duration,
     pub lineage_retention: u64,
     pub backup_delay: Duration,
+    pub retain_outputs: u64,
 }
 
 /// A built dataflow's handles.
@@ -198,6 +199,7 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
             partition: index as u32,
             sync: plan.sync,
             released: released.clone(),
+            retain_outputs: plan.retain_outputs,
         };
         let sinks = results.release(failures, durable.iter().map(|(m, s)| (*m, s.clone())).collect(), sink)?;
         let recovers = scope.concatenate(notices).coordinate(coordinator, fault_log.clone());

@@ -97,6 +97,8 @@ pub struct RunConfig {
     pub deadline: Duration,
     /// Committed lineage records kept behind the released watermark (for `hams verify`).
     pub lineage_retention: u64,
+    /// Output records kept per partition; older ones are garbage-collected.
+    pub retain_outputs: u64,
     /// Run the consistency checker over the data directory at the end (process 0).
     pub verify: bool,
     /// Make backups hold each epoch this long before applying it (experiments, tests).
@@ -123,7 +125,8 @@ impl RunConfig {
             duration: None,
             faults: Vec::new(),
             deadline: Duration::from_millis(500),
-            lineage_retention: 1 << 40,
+            lineage_retention: 100_000,
+            retain_outputs: 1_000_000,
             verify: true,
             backup_delay: Duration::ZERO,
         }
@@ -248,6 +251,7 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         deadline: config.deadline,
         lineage_retention: config.lineage_retention,
         backup_delay: config.backup_delay,
+        retain_outputs: config.retain_outputs,
     });
     let config = Arc::new(config);
     let timely_config = config.timely.config();
@@ -330,7 +334,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
                     for (offset, rec) in records {
                         match ingest.admit(offset, rec) {
                             Ok(env) => ok_in.send(env),
-                            Err(fail) => err_in.send(fail),
+                            Err(fail) => err_in.send(*fail),
                         }
                     }
                     match in_flight.back_mut() {

@@ -199,7 +199,7 @@ impl Ingest {
     }
 
     /// Turns a logged request into a dataflow record, or a typed error for its client.
-    pub(crate) fn admit(&self, offset: u64, rec: SourceRecord) -> std::result::Result<Envelope, Failure> {
+    pub(crate) fn admit(&self, offset: u64, rec: SourceRecord) -> std::result::Result<Envelope, Box<Failure>> {
         let seq = offset * self.partitions as u64 + self.partition as u64;
         let mut r = admit(&self.source, seq, self.partition, offset, rec.ingest_us, &rec.bytes);
         match &mut r {
@@ -212,7 +212,14 @@ impl Ingest {
 
 /// Decodes and checks a request against the graph's source, into a dataflow
 /// record or a typed error for its client.
-pub fn admit(source: &SourceDef, seq: u64, home: u32, offset: u64, ingest_us: u64, bytes: &[u8]) -> std::result::Result<Envelope, Failure> {
+pub fn admit(
+    source: &SourceDef,
+    seq: u64,
+    home: u32,
+    offset: u64,
+    ingest_us: u64,
+    bytes: &[u8],
+) -> std::result::Result<Envelope, Box<Failure>> {
     let mut meta = Meta {
         seq,
         home,
@@ -223,14 +230,16 @@ pub fn admit(source: &SourceDef, seq: u64, home: u32, offset: u64, ingest_us: u6
         ingest_us,
         view: 0,
     };
-    let fail = |meta, kind, message| Failure {
-        meta,
-        error: RequestError {
-            node: "source".into(),
-            kind,
-            message,
-        },
-        lineage: Vec::new(),
+    let fail = |meta, kind, message| {
+        Box::new(Failure {
+            meta,
+            error: RequestError {
+                node: "source".into(),
+                kind,
+                message,
+            },
+            lineage: Vec::new(),
+        })
     };
     let req = match Request::decode(bytes) {
         Ok(r) => r,

@@ -168,6 +168,20 @@ pub struct Summary {
     pub faults: Vec<FaultReport>,
     /// The checker's verdict over the durable records (`None`: not run).
     pub consistent: Option<bool>,
+    /// Peak resident memory of this worker process, MiB.
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident set size of process `pid` (`self` for this one), MiB, from /proc.
+pub fn peak_rss_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// One planned fault in the summary.
@@ -215,6 +229,7 @@ impl Summary {
             recovery_ms: faults.iter().filter_map(|f| f.recovery_ms).collect(),
             faults,
             consistent: None,
+            peak_rss_mb: peak_rss_mb("self"),
         }
     }
 }

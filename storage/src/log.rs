@@ -70,9 +70,15 @@ impl Log {
             .collect())
     }
 
-    /// Stages removal of every record before `offset` (garbage collection).
-    pub fn truncate_before(&self, batch: &mut Batch, partition: u32, offset: u64) {
-        batch.delete_range(&self.store, self.cf, &key(partition, 0), &key(partition, offset));
+    /// Stages removal of the records in `[from, offset)`, where `from` is the
+    /// current start offset, and makes `offset` the new start (garbage collection).
+    ///
+    /// Point deletes, one per record: RocksDB range tombstones issued this
+    /// often would slow every later read of the log.
+    pub fn truncate(&self, batch: &mut Batch, partition: u32, from: u64, offset: u64) {
+        for o in from..offset {
+            batch.delete(&self.store, self.cf, &key(partition, o));
+        }
         batch.put(&self.store, Cf::Meta, &meta_key("start", self.cf, partition, ""), &offset);
     }
 
@@ -112,7 +118,7 @@ mod tests {
 
         let mut b = Batch::new();
         log.set_position(&mut b, "sink", 3, 6);
-        log.truncate_before(&mut b, 3, 10);
+        log.truncate(&mut b, 3, 0, 10);
         store.commit(b, true).unwrap();
         assert_eq!(log.position("sink", 3).unwrap(), 6);
         assert_eq!(log.position("sink", 4).unwrap(), 0);

@@ -94,7 +94,10 @@ impl Released {
         }
         if watermark > self.watermark {
             self.source.set_position(batch, SINK_GROUP, self.partition, watermark);
-            batch.delete_range(&self.store, Cf::Released, &key(self.partition, 0), &key(self.partition, watermark));
+            // Every offset in [old, new) has a ledger entry (it was released); drop them.
+            for o in self.watermark..watermark {
+                batch.delete(&self.store, Cf::Released, &key(self.partition, o));
+            }
         }
         Staged { offsets, watermark }
     }
@@ -114,6 +117,13 @@ impl Released {
 pub struct Staged {
     offsets: Vec<u64>,
     watermark: u64,
+}
+
+impl Staged {
+    /// The watermark once the batch is applied.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
 }
 
 #[cfg(test)]

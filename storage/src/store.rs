@@ -151,6 +151,8 @@ impl Store {
         opts.create_missing_column_families(fresh);
         opts.set_paranoid_checks(true);
         opts.set_max_background_jobs(2);
+        // Small memtables: memory stays flat on an endless stream (everything is GC'd soon).
+        opts.set_db_write_buffer_size(16 << 20);
         opts.set_keep_log_file_num(3);
         if !fresh {
             let existing = DB::list_cf(&Options::default(), &path).map_err(|e| Error::Foreign {
@@ -166,7 +168,12 @@ impl Store {
                 }
             }
         }
-        let cfs = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        let cfs = Cf::ALL.map(|cf| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(4 << 20);
+            o.set_max_write_buffer_number(2);
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| Error::rocks(&path, e))?;
         let store = Store { db, path };
         store.check_format_record(fresh)?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hams::storage::{Cf, Log, OutputRecord, SourceRecord, Store};
+use hams::storage::{Cf, Log, OutputRecord, Store};
 
 /// The `hams` binary under test.
 pub fn hams() -> Command {
@@ -73,12 +73,4 @@ fn read_all<T: serde::de::DeserializeOwned>(data_dir: &Path, cf: Cf, partitions:
 /// Released results of a run.
 pub fn outputs(data_dir: &Path, partitions: u32) -> Vec<OutputRecord> {
     read_all(data_dir, Cf::Output, partitions).into_iter().map(|(_, _, r)| r).collect()
-}
-
-/// Logged requests of a run as `(seq, bytes)`.
-pub fn requests(data_dir: &Path, partitions: u32) -> std::collections::BTreeMap<u64, Vec<u8>> {
-    read_all::<SourceRecord>(data_dir, Cf::Source, partitions)
-        .into_iter()
-        .map(|(p, o, r)| (o * partitions as u64 + p as u64, r.bytes))
-        .collect()
 }

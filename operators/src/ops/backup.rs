@@ -54,6 +54,11 @@ pub fn lineage_key(model: u16, seq: u64) -> [u8; 10] {
     k
 }
 
+/// Meta key of the seq below which `model`'s lineage records were garbage-collected.
+pub fn lineage_horizon_key(model: u16) -> Vec<u8> {
+    format!("lineage/horizon/{model}").into_bytes()
+}
+
 fn state_key(model: u16, session: u64) -> [u8; 10] {
     lineage_key(model, session)
 }
@@ -166,6 +171,8 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
             let mut recovering: Vec<usize> = Vec::new();
             let mut notices: Vec<Notice> = Vec::new();
             let mut last_gc = Instant::now();
+            // Lineage records written, oldest first, for retention.
+            let mut written: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
             let mut blocked_logged = false;
 
             move |frontiers| {
@@ -263,8 +270,7 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                 if let Some(a) = active.as_mut() {
                     let delta_frontier = frontiers[0].frontier();
                     let faults_due = |seq| control.borrow().due_faults(index, Role::Backup, seq);
-                    loop {
-                        let Some((&epoch, _)) = inbox.iter().next() else { break };
+                    while let Some((&epoch, _)) = inbox.iter().next() {
                         if delta_frontier.less_equal(&epoch) || frontiers[1..].iter().any(|f| f.frontier().less_equal(&epoch)) {
                             break;
                         }
@@ -336,6 +342,7 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                                                 epoch: e.epoch,
                                             };
                                             batch.put(&config.store, Cf::Lineage, &lineage_key(index, e.seq), &rec);
+                                            written.push_back(e.seq);
                                         }
                                         top_seq = top_seq.max(Some(e.seq));
                                         a.held.insert(e.seq, e);
@@ -382,9 +389,14 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                         let p = ctl.partitions();
                         let released_below = ctl.watermarks().iter().min().copied().unwrap_or(0) * p;
                         let keep_from = released_below.saturating_sub(config.lineage_retention);
-                        if keep_from > 0 {
-                            let mut gc = Batch::new();
-                            gc.delete_range(&config.store, Cf::Lineage, &lineage_key(index, 0), &lineage_key(index, keep_from));
+                        let mut gc = Batch::new();
+                        while written.front().is_some_and(|s| *s < keep_from) {
+                            let seq = written.pop_front().expect("checked");
+                            gc.delete(&config.store, Cf::Lineage, &lineage_key(index, seq));
+                        }
+                        if !gc.is_empty() {
+                            // The verifier cannot check tags of executions below this horizon.
+                            gc.put(&config.store, Cf::Meta, &lineage_horizon_key(index), &keep_from);
                             let _ = config.store.commit(gc, false);
                         }
                     }

@@ -328,7 +328,7 @@ impl State {
                 }
                 None => self.spawn_executor("primary", wake),
             };
-            let Some(executor) = executor else { return None };
+            let executor = executor?;
             executor.send(ToExecutor::Restore(handoff.states.clone()));
             self.log = handoff.executions.iter().map(|e| (e.seq, e.clone())).collect();
             tracing::info!(node = %self.config.node, inc = placement.inc, sessions = handoff.states.len(), held = self.log.len(), "promoted backup is primary");

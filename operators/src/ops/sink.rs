@@ -17,7 +17,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use super::control::{committed, Cut};
-use super::{Envelope, Epoch, Failure};
+use super::{now_us, Envelope, Epoch, Failure};
 use crate::error::Result;
 
 /// Counts a sink reports as it releases.
@@ -65,6 +65,8 @@ pub struct SinkConfig {
     pub sync: bool,
     /// The partition's released ledger (shared with ingestion, which replays what is not in it).
     pub released: Rc<RefCell<Released>>,
+    /// Output records kept per partition (older ones are garbage-collected).
+    pub retain_outputs: u64,
 }
 
 /// Advance of a partition's released watermark (every offset below is released).
@@ -99,21 +101,20 @@ pub trait Release<'scope> {
     ) -> Result<SinkStreams<'scope>>;
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// Durable state of one sink.
 struct Ledger {
     store: Arc<Store>,
     partition: u32,
     sync: bool,
     released: Rc<RefCell<Released>>,
+    source: Log,
     output: Log,
     next_out: u64,
+    /// First output offset still stored.
+    out_first: u64,
+    retain_outputs: u64,
+    /// This run's output records removed by retention (each a distinct release).
+    gced_outputs: u64,
     src_start: u64,
     out_start: u64,
     released_before: BTreeSet<u64>,
@@ -125,6 +126,7 @@ impl Ledger {
         let released_ref = released.borrow();
         let output = Log::new(config.store.clone(), Cf::Output);
         let next_out = output.end_offset(config.partition)?;
+        let out_first = output.start_offset(config.partition)?;
         let src_start = released_ref.watermark();
         let released_before = released_ref.pending().collect();
         drop(released_ref);
@@ -133,8 +135,12 @@ impl Ledger {
             partition: config.partition,
             sync: config.sync,
             released,
+            source: Log::new(config.store.clone(), Cf::Source),
             output,
             next_out,
+            out_first,
+            retain_outputs: config.retain_outputs.max(1),
+            gced_outputs: 0,
             src_start,
             out_start: next_out,
             released_before,
@@ -161,7 +167,20 @@ impl Ledger {
         }
         let pairs: Vec<(u64, u64)> = fresh.iter().map(|(o, r)| (*o, r.seq)).collect();
         let staged = released.stage(&mut batch, &pairs);
+        // Garbage collection in the same batch: requests below the watermark will
+        // never be replayed; the output topic keeps the newest `retain_outputs`.
+        if staged.watermark() > released.watermark() {
+            self.source
+                .truncate(&mut batch, self.partition, released.watermark(), staged.watermark());
+        }
+        let end = self.next_out + fresh.len() as u64;
+        let first = end.saturating_sub(self.retain_outputs).max(self.out_first);
+        if first > self.out_first {
+            self.output.truncate(&mut batch, self.partition, self.out_first, first);
+        }
         self.store.commit(batch, self.sync)?;
+        self.gced_outputs += first.saturating_sub(self.out_first.max(self.out_start));
+        self.out_first = first;
         let before = released.watermark();
         released.apply(staged);
         self.next_out += fresh.len() as u64;
@@ -179,7 +198,7 @@ impl Ledger {
     fn audit(&self) -> Result<Audit> {
         let src_end = Log::new(self.store.clone(), Cf::Source).end_offset(self.partition)?;
         let mut counts: HashMap<u64, u64> = HashMap::new();
-        let mut from = self.out_start;
+        let mut from = self.out_start.max(self.out_first);
         loop {
             let chunk: Vec<(u64, OutputRecord)> = self.output.read(self.partition, from, 4096)?;
             let Some(last) = chunk.last().map(|(o, _)| *o) else { break };
@@ -190,7 +209,7 @@ impl Ledger {
         }
         let range = self.src_start..src_end;
         let mut duplicated = 0;
-        let mut released = self.released_before.iter().filter(|o| range.contains(o)).count() as u64;
+        let mut released = self.released_before.iter().filter(|o| range.contains(o)).count() as u64 + self.gced_outputs;
         for (offset, n) in &counts {
             let earlier = *offset < self.src_start || self.released_before.contains(offset);
             duplicated += n - 1 + earlier as u64;
@@ -208,7 +227,8 @@ impl Ledger {
 
 /// A result waiting for its lineage to be held by backups.
 struct Held {
-    cap: Capability<Epoch>,
+    /// Capabilities for the stats (0) and watermark (1) outputs.
+    cap: (Capability<Epoch>, Capability<Epoch>),
     offset: u64,
     record: OutputRecord,
 }
@@ -256,7 +276,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                             lineage: e.lineage,
                         };
                         held.push(Held {
-                            cap: cap.delayed(&epoch, 0),
+                            cap: (cap.delayed(&epoch, 0), cap.delayed(&epoch, 1)),
                             offset: e.meta.offset,
                             record,
                         });
@@ -276,7 +296,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                             lineage: f.lineage,
                         };
                         held.push(Held {
-                            cap: cap.delayed(&epoch, 0),
+                            cap: (cap.delayed(&epoch, 0), cap.delayed(&epoch, 1)),
                             offset: f.meta.offset,
                             record,
                         });
@@ -311,10 +331,10 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                         all.then_some(true)
                     };
                     let mut ready = Vec::new();
-                    let mut cap: Option<Capability<Epoch>> = None;
+                    let mut cap: Option<(Capability<Epoch>, Capability<Epoch>)> = None;
                     held.retain(|h| match verdict(&h.record) {
                         Some(true) => {
-                            if cap.as_ref().is_none_or(|c| h.cap.time() < c.time()) {
+                            if cap.as_ref().is_none_or(|c| h.cap.0.time() < c.0.time()) {
                                 cap = Some(h.cap.clone());
                             }
                             ready.push((h.offset, h.record.clone()));
@@ -337,12 +357,12 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                         match ledger.commit(ready.clone(), &mut stats) {
                             Ok(wm) => {
                                 if let Some(offset) = wm {
-                                    wm_out.session(&cap).give(Watermark {
+                                    wm_out.session(&cap.1).give(Watermark {
                                         partition: ledger.partition,
                                         offset,
                                     });
                                 }
-                                out.session(&cap).give(std::mem::take(&mut stats));
+                                out.session(&cap.0).give(std::mem::take(&mut stats));
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "sink commit failed; results held for retry");
