@@ -144,7 +144,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             },
         );
         eprintln!(
-            "hams: graph {} ({}), {} worker(s) x {} process(es); executors:\n{placement}",
+            "hams: graph {} ({}), {} worker(s) x {} process(es); executors (stateful models: primary and backup; while a new backup syncs, results are held):\n{placement}",
             graph.name, graph.origin, timely.threads, processes
         );
     }

@@ -332,6 +332,9 @@ impl State {
             executor.send(ToExecutor::Restore(handoff.states.clone()));
             self.log = handoff.executions.iter().map(|e| (e.seq, e.clone())).collect();
             tracing::info!(node = %self.config.node, inc = placement.inc, sessions = handoff.states.len(), held = self.log.len(), "promoted backup is primary");
+            // Durability policy while the new backup syncs: hold. Results depending on this
+            // incarnation are released only once the new backup holds the snapshot and their epochs.
+            tracing::info!(node = %self.config.node, backup = placement.backup, "durability policy `hold`: results wait for the new backup to sync");
             self.serving = Some(Serving::new(executor, placement.inc));
             return Some(Delta {
                 model: index,
