@@ -36,6 +36,78 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Print the results in a data directory's output topic, one JSON line each.
     Results(ResultsArgs),
+    /// Compare fault-tolerance modes on one graph, interleaved, with ratios against `none`.
+    Bench(BenchArgs),
+    /// Show the live metrics of a running `hams run --metrics-addr ADDR`.
+    Status(StatusArgs),
+}
+
+/// Options of `hams status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Address given to `hams run --metrics-addr`.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+    /// Refresh every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// Options of `hams bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Graph file (TOML). Default: the built-in stock demo graph.
+    #[arg(short = 'g', long)]
+    pub graph: Option<PathBuf>,
+    /// Modes to compare, comma-separated.
+    #[arg(long, default_value = "none,hams,stop-and-buffer,checkpoint")]
+    pub modes: String,
+    /// Requests per run.
+    #[arg(long, default_value_t = 3000)]
+    pub requests: u64,
+    /// Offered load, requests/s (open loop). Default: closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Faults, as for `hams run` (repeatable).
+    #[arg(long = "kill", value_name = "MODEL[:ROLE]@SEQ")]
+    pub kills: Vec<String>,
+    /// Hangs, as for `hams run` (repeatable).
+    #[arg(long = "hang", value_name = "MODEL[:ROLE]@SEQ")]
+    pub hangs: Vec<String>,
+    /// GPU-like non-determinism.
+    #[arg(long)]
+    pub nondeterministic: bool,
+    /// Request generator seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Model sizes.
+    #[arg(long, value_enum, default_value_t = Scale::Small)]
+    pub scale: Scale,
+    /// Rounds: each mode runs this many times, interleaved with the others.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Worker threads per process.
+    #[arg(short = 'w', long = "threads", default_value_t = 2)]
+    pub threads: usize,
+    /// Processes of a local cluster.
+    #[arg(short = 'n', long = "processes")]
+    pub processes: Option<usize>,
+    /// Also measure raw inference (the models' forward passes back to back, no dataflow).
+    #[arg(long)]
+    pub raw: bool,
+    /// Checkpoint interval of the checkpoint mode, ms.
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_ms: u64,
+    /// Print one JSON object with every number.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// True at realistic model scale.
+    pub fn realistic(&self) -> bool {
+        self.scale == Scale::Realistic
+    }
 }
 
 /// Options of `hams results`.
@@ -139,6 +211,18 @@ pub struct RunArgs {
     /// Skip the consistency check of the durable records at the end.
     #[arg(long)]
     pub no_verify: bool,
+    /// Serve Prometheus metrics at this address (`HOST:PORT`; process N of a cluster adds N to the port).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Seed of the request generator (default: the graph's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fault-tolerance protocol: hams, none (bare), stop-and-buffer, checkpoint.
+    #[arg(long, default_value = "hams")]
+    pub mode: hams_dataflow::Mode,
+    /// Checkpoint interval of the checkpoint mode, ms.
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_ms: u64,
     /// Output records kept per partition in the output topic (older ones are deleted).
     #[arg(long, default_value_t = 1_000_000)]
     pub retain_outputs: u64,

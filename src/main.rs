@@ -1,7 +1,9 @@
 //! The `hams` command: run service graphs on timely workers.
 
+mod bench;
 mod cli;
 mod cluster;
+mod status;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +36,8 @@ fn main() -> ExitCode {
         Some(Command::ExportWeights(args)) => export(&args),
         Some(Command::Verify(args)) => verify(&args),
         Some(Command::Results(args)) => results(&args),
+        Some(Command::Bench(args)) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Status(args)) => status::status(&args),
     };
     match result {
         Ok(code) => code,
@@ -75,7 +79,10 @@ fn read_hostfile(path: &Path) -> Result<Vec<String>> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let graph = load_graph(args.graph.as_deref(), args.scale)?;
+    let mut graph = load_graph(args.graph.as_deref(), args.scale)?;
+    if let Some(seed) = args.seed {
+        graph.source.seed = seed;
+    }
     let hosts = match &args.hostfile {
         Some(h) => Some(read_hostfile(h)?),
         None => None,
@@ -166,7 +173,19 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         retain_outputs: args.retain_outputs.max(1),
         verify: !args.no_verify,
         backup_delay: Duration::from_millis(args.backup_delay_ms),
+        mode: args.mode,
+        checkpoint_every: Duration::from_millis(args.checkpoint_ms.max(1)),
     };
+    if let Some(addr) = &args.metrics_addr {
+        let mut sock: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("--metrics-addr {addr:?}: expected HOST:PORT"))?;
+        if sock.port() != 0 {
+            sock.set_port(sock.port() + process as u16);
+        }
+        let bound = hams_operators::metrics::serve(&sock.to_string()).with_context(|| format!("serving metrics on {sock}"))?;
+        eprintln!("hams: process {process} metrics at http://{bound}/metrics");
+    }
     install_ctrl_c();
     let summary = hams_dataflow::run(config);
     if let Executors::Process(launch) = &executors {

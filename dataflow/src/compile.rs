@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hams_operators::executor::process::{self, Launch};
 use hams_operators::executor::{inproc, ExecutorHandle};
-use hams_operators::ops::backup::{Backup, BackupConfig};
+use hams_operators::ops::backup::{Backup, BackupConfig, Cadence};
 use hams_operators::ops::control::{Control, ControlRef, Cut, Fault};
 use hams_operators::ops::coordinate::{Coordinate, CoordinatorConfig, FaultLog};
 use hams_operators::ops::infer::{Infer, InferConfig, Spawn};
@@ -32,6 +32,7 @@ use timely::worker::Worker;
 
 use crate::error::Result;
 use crate::graph::{Graph, Input};
+use crate::mode::Mode;
 use crate::placement::Placement;
 use crate::summary::Totals;
 
@@ -57,6 +58,20 @@ pub(crate) struct Plan {
     pub lineage_retention: u64,
     pub backup_delay: Duration,
     pub retain_outputs: u64,
+    pub mode: Mode,
+    pub checkpoint_every: Duration,
+}
+
+impl Plan {
+    /// (primary, backup) workers of stateful node `i`; the checkpointer sits beside the primary.
+    fn replicas(&self, i: usize) -> (usize, usize) {
+        let p = &self.placement.nodes[i];
+        let primary = p.hosts[0];
+        match self.mode {
+            Mode::Checkpoint => (primary, primary),
+            _ => (primary, p.backup.expect("stateful nodes have a backup")),
+        }
+    }
 }
 
 /// A built dataflow's handles.
@@ -114,8 +129,8 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
     let control = Control::new(
         peers,
         stateful.iter().map(|&i| {
-            let p = &plan.placement.nodes[i];
-            (i as u16, p.hosts[0], p.backup.expect("stateful nodes have a backup"))
+            let (primary, backup) = plan.replicas(i);
+            (i as u16, primary, backup)
         }),
         plan.faults.clone(),
     );
@@ -134,13 +149,8 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
                 (i as u16, v)
             })
             .collect(),
-        placement: stateful
-            .iter()
-            .map(|&i| {
-                let p = &plan.placement.nodes[i];
-                (i as u16, (p.hosts[0], p.backup.expect("stateful")))
-            })
-            .collect(),
+        placement: stateful.iter().map(|&i| (i as u16, plan.replicas(i))).collect(),
+        colocate: plan.mode == Mode::Checkpoint,
         threads: plan.placement.cluster.threads,
         workers: peers,
     };
@@ -168,12 +178,14 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
                 max_batch: node.batch,
                 deadline: plan.deadline,
                 heartbeat: (plan.deadline / 5).max(Duration::from_millis(5)),
+                replicate: plan.mode.replicates(),
+                hold_until_durable: plan.mode == Mode::StopAndBuffer,
             };
             let s = input.infer(config, control.clone(), spawn.clone());
             outputs.push(s.ok);
             failures.push(s.err);
             notices.push(s.notices);
-            if is_stateful {
+            if is_stateful && plan.mode.replicates() {
                 let upstream = graph
                     .ancestors(i)
                     .into_iter()
@@ -183,9 +195,13 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
                     node: node.spec.name.clone(),
                     index: node.index,
                     store: store.clone(),
-                    sync: plan.sync,
                     lineage_retention: plan.lineage_retention,
                     apply_delay: plan.backup_delay,
+                    cadence: match plan.mode {
+                        Mode::Checkpoint => Cadence::Checkpoint(plan.checkpoint_every),
+                        _ => Cadence::EveryEpoch,
+                    },
+                    warm_spare: plan.mode != Mode::Checkpoint,
                 };
                 let b = s.deltas.backup(upstream, config, control.clone(), spawn);
                 durable.insert(i as u16, b.durable);
@@ -203,7 +219,7 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
         };
         let sinks = results.release(failures, durable.iter().map(|(m, s)| (*m, s.clone())).collect(), sink)?;
         let recovers = scope.concatenate(notices).coordinate(coordinator, fault_log.clone());
-        scope.views(recovers, durable.into_values().collect(), sinks.watermarks, control.clone());
+        scope.views(recovers, durable.into_iter().collect(), sinks.watermarks, control.clone());
         let sink_totals = totals.clone();
         sinks
             .stats

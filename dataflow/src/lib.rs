@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`def`]: graph definitions (TOML and builder).
 //! - [`graph`]: validation into a checked graph with inferred shapes.
+//! - [`mode`]: the fault-tolerance protocols (hams and the baselines).
 //! - [`placement`]: which worker hosts which executor.
 //! - [`compile`]: one worker's timely dataflow for a graph.
 //! - [`source`]: ingestion into the durable source log.
@@ -21,6 +22,7 @@ pub mod compile;
 pub mod def;
 pub mod error;
 pub mod graph;
+pub mod mode;
 pub mod placement;
 pub mod reference;
 pub mod run;
@@ -32,6 +34,7 @@ pub use compile::Executors;
 pub use def::{ElemType, GraphDef, NodeDef, SinkDef, SourceDef, SourceKind};
 pub use error::{Error, Result};
 pub use graph::Graph;
+pub use mode::Mode;
 pub use run::{run, RunConfig, Timely};
 pub use source::Feed;
 pub use summary::Summary;

@@ -15,6 +15,7 @@ use hams_operators::ops::coordinate::FaultLog;
 use crate::compile::{self, Executors, Plan};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
+use crate::mode::Mode;
 use crate::placement::{place, Cluster};
 use crate::source::{now_us, Feed, Ingest};
 use crate::summary::{FaultReport, Summary, Totals};
@@ -103,6 +104,10 @@ pub struct RunConfig {
     pub verify: bool,
     /// Make backups hold each epoch this long before applying it (experiments, tests).
     pub backup_delay: Duration,
+    /// Fault-tolerance protocol.
+    pub mode: Mode,
+    /// Checkpoint interval of the `checkpoint` mode.
+    pub checkpoint_every: Duration,
 }
 
 impl RunConfig {
@@ -129,6 +134,8 @@ impl RunConfig {
             retain_outputs: 1_000_000,
             verify: true,
             backup_delay: Duration::ZERO,
+            mode: Mode::Hams,
+            checkpoint_every: Duration::from_millis(500),
         }
     }
 }
@@ -192,7 +199,7 @@ fn fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<FaultRepor
             let injected = log.injected.get(&i).copied();
             let stateful = plan.graph.nodes[f.model as usize].spec.is_stateful();
             let recovered = injected.and_then(|at| {
-                if stateful && f.role == Role::Primary {
+                if stateful && f.role == Role::Primary && plan.mode.replicates() {
                     // The first recovery of this model after the injection, then its first release.
                     let inc = log.recoveries.iter().find(|(_, m, _, t)| *m == f.model && *t >= at).map(|r| r.2)?;
                     totals
@@ -252,10 +259,12 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         lineage_retention: config.lineage_retention,
         backup_delay: config.backup_delay,
         retain_outputs: config.retain_outputs,
+        mode: config.mode,
+        checkpoint_every: config.checkpoint_every,
     });
     let config = Arc::new(config);
     let timely_config = config.timely.config();
-    let (verify, data_dir, process) = (config.verify, config.data_dir.clone(), config.timely.process);
+    let (verify, data_dir, process, mode) = (config.verify, config.data_dir.clone(), config.timely.process, config.mode);
     let guards = {
         // Timely prints connection progress on stdout; keep stdout for results.
         let _redirect = StdoutToStderr::new();
@@ -270,7 +279,11 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
             Err(panic) => return Err(Error::Timely(format!("worker failed: {panic}"))),
         }
     }
-    if let (Some(s), true, 0) = (summary.as_mut(), verify, process) {
+    if let Some(s) = summary.as_mut() {
+        s.mode = mode.to_string();
+    }
+    // Without replication there is no lineage to check (mode `none`): `consistent` stays unknown.
+    if let (Some(s), true, 0, true) = (summary.as_mut(), verify, process, mode.replicates()) {
         let report = crate::verify::verify(&data_dir)?;
         if !report.consistent() {
             eprint!("hams: consistency check failed: {report}");
@@ -310,6 +323,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
         let tick = elapsed_us / epoch_us;
         if let Some((ok_in, err_in)) = inputs.as_mut().filter(|_| tick > epoch) {
             epoch = tick;
+            hams_operators::metrics::metrics().epoch(epoch);
             ok_in.advance_to(epoch);
             err_in.advance_to(epoch);
         }
@@ -337,6 +351,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
                             Err(fail) => err_in.send(*fail),
                         }
                     }
+                    hams_operators::metrics::metrics().ingested(n as u64);
                     match in_flight.back_mut() {
                         Some((e, m)) if *e == epoch => *m += n,
                         _ => in_flight.push_back((epoch, n)),
@@ -382,7 +397,8 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
     }
     let totals = handles.totals.borrow();
     let log = handles.faults.borrow();
-    Ok(Some(Summary::new(
+    let executors_rss_mb = log.executor_rss_mb.values().sum();
+    let mut summary = Summary::new(
         &plan.graph.name,
         &totals,
         start.elapsed().as_secs_f64(),
@@ -390,7 +406,9 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
         plan.placement.cluster.processes,
         fault_reports(plan, &log, &totals),
         log.recoveries.len() as u64,
-    )))
+    );
+    summary.executors_rss_mb = executors_rss_mb;
+    Ok(Some(summary))
 }
 
 /// Points fd 1 at stderr while alive (timely's cluster start-up `println!`s).

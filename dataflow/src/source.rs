@@ -163,6 +163,7 @@ impl Ingest {
                 requests = self.backlog.len(),
                 "replaying unreleased requests"
             );
+            hams_operators::metrics::metrics().phase(view, hams_operators::metrics::Phase::Replayed, now_us());
         }
         let mut out = Vec::new();
         while out.len() < budget {

@@ -132,6 +132,8 @@ impl Totals {
 pub struct Summary {
     /// Graph name.
     pub graph: String,
+    /// Fault-tolerance mode.
+    pub mode: String,
     /// Requests the run had to answer (from the source log).
     pub accepted: u64,
     /// Requests answered exactly once or more (from the output topic).
@@ -170,6 +172,8 @@ pub struct Summary {
     pub consistent: Option<bool>,
     /// Peak resident memory of this worker process, MiB.
     pub peak_rss_mb: f64,
+    /// Peak resident memory of the executor processes, summed, MiB.
+    pub executors_rss_mb: f64,
 }
 
 /// Peak resident set size of process `pid` (`self` for this one), MiB, from /proc.
@@ -211,6 +215,7 @@ impl Summary {
         let sum = |f: fn(&Audit) -> u64| totals.audits.iter().map(f).sum::<u64>();
         Summary {
             graph: graph.into(),
+            mode: String::new(),
             accepted: sum(|a| a.accepted),
             released: sum(|a| a.released),
             lost: sum(|a| a.lost),
@@ -230,6 +235,7 @@ impl Summary {
             faults,
             consistent: None,
             peak_rss_mb: peak_rss_mb("self"),
+            executors_rss_mb: 0.0,
         }
     }
 }
@@ -238,8 +244,8 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "graph {}: {} workers in {} process(es), {:.2} s",
-            self.graph, self.workers, self.processes, self.elapsed_s
+            "graph {} ({} mode): {} workers in {} process(es), {:.2} s",
+            self.graph, self.mode, self.workers, self.processes, self.elapsed_s
         )?;
         writeln!(
             f,

@@ -143,6 +143,22 @@ impl ExecutorHandle {
         }
     }
 
+    /// Peak resident memory of the executor process so far, MiB (0 in-process or if unknown).
+    pub fn peak_rss_mb(&self) -> f64 {
+        let pid = self.pid();
+        if !self.is_isolated() || pid == 0 {
+            return 0.0;
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
     /// Sends `signal` to the executor process (fault injection); no-op in-process.
     pub fn signal(&self, signal: i32) -> bool {
         let pid = self.pid();

@@ -2,17 +2,19 @@
 //!
 //! It applies the primary's [`Delta`]s epoch by epoch — an epoch only once
 //! every upstream stateful model's backup holds it (so the backups form a
-//! consistent cut, I3) — writes them to RocksDB in one batch per epoch, and
-//! holds a capability at the first epoch it does not hold yet: the frontier
-//! of its output *is* the model's durable frontier. On a recovery it cuts
-//! (sends a [`Cut`] at that frontier), and hands its states, its held
-//! executions and its warm spare executor to the `Infer` operator on the same
-//! worker, which becomes the new primary.
+//! consistent cut, I3) — persists them to RocksDB, and holds a capability at
+//! the first epoch it does not hold yet: the frontier of its output *is* the
+//! model's durable frontier. On a recovery it cuts (sends a [`Cut`] at that
+//! frontier) and hands its states, its held executions and its warm spare
+//! executor to the `Infer` operator on the same worker, the new primary.
 //!
 //! The states live in the backup worker's memory and in RocksDB; the spare
-//! executor has the weights loaded so promotion sends it states, not a model.
+//! executor has the weights loaded, so promotion sends it states, not a model.
+//! With [`Cadence::Checkpoint`] the same operator is a periodic checkpointer
+//! instead (the `checkpoint` mode): it sits beside the primary, has no spare,
+//! and its frontier advances only when a full checkpoint is written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
+use timely::progress::frontier::MutableAntichain;
 
 use super::control::{committed, ControlRef, Cut, Delta, DeltaBody, Execution, FaultKind, Handoff, Notice, Role};
 use super::infer::Spawn;
@@ -63,6 +66,15 @@ fn state_key(model: u16, session: u64) -> [u8; 10] {
     lineage_key(model, session)
 }
 
+/// When the backup's state becomes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cadence {
+    /// Every epoch, as soon as it is applied (HAMS).
+    EveryEpoch,
+    /// Every interval, as a full checkpoint (checkpoint-replay).
+    Checkpoint(Duration),
+}
+
 /// How a backup runs.
 #[derive(Debug, Clone)]
 pub struct BackupConfig {
@@ -72,12 +84,14 @@ pub struct BackupConfig {
     pub index: u16,
     /// This worker's store.
     pub store: Arc<Store>,
-    /// fsync each epoch's batch.
-    pub sync: bool,
     /// Committed lineage records kept behind the released watermark, for verification.
     pub lineage_retention: u64,
     /// Hold each epoch this long before applying it (a slow backup, for experiments and tests).
     pub apply_delay: Duration,
+    /// When applied state counts as durable.
+    pub cadence: Cadence,
+    /// Keep a warm spare executor (model loaded) for instant promotion.
+    pub warm_spare: bool,
 }
 
 /// The streams of a backup.
@@ -101,15 +115,73 @@ pub trait Backup<'scope> {
     ) -> BackupStreams<'scope>;
 }
 
+/// States and held executions.
+#[derive(Clone, Default)]
+struct Image {
+    states: BTreeMap<u64, SessionState>,
+    held: HashMap<u64, Execution>,
+}
+
 /// The backup role for one incarnation.
 struct Active {
     inc: u32,
     /// Holds the states of `inc` (incarnation 0 starts empty; later ones need the snapshot).
     synced: bool,
-    states: BTreeMap<u64, SessionState>,
-    held: HashMap<u64, Execution>,
-    /// At the first epoch not held yet (None until the snapshot arrives).
+    /// Everything applied.
+    live: Image,
+    /// What is durable, when that lags `live` (checkpoint cadence).
+    checkpoint: Option<Image>,
+    /// Applied but not yet persisted.
+    dirty_states: BTreeMap<u64, Option<SessionState>>,
+    dirty_lineage: Vec<(u64, LineageRecord)>,
+    /// At the first epoch not durable (None until the snapshot arrives).
     cap: Option<Capability<Epoch>>,
+    last_checkpoint: Instant,
+}
+
+impl Active {
+    fn new(inc: u32, synced: bool, cap: Option<Capability<Epoch>>) -> Self {
+        Active {
+            inc,
+            synced,
+            live: Image::default(),
+            checkpoint: None,
+            dirty_states: BTreeMap::new(),
+            dirty_lineage: Vec::new(),
+            cap,
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    /// The image a promotion hands over: what is durable.
+    fn durable_image(self) -> Image {
+        match self.checkpoint {
+            Some(c) => c,
+            None => self.live,
+        }
+    }
+}
+
+type DurableSession<'a, 'b> =
+    timely::dataflow::operators::generic::Session<'a, 'b, Epoch, timely::container::CapacityContainerBuilder<Vec<Cut>>, Capability<Epoch>>;
+
+struct State {
+    config: BackupConfig,
+    control: ControlRef,
+    spawn: Spawn,
+    me: usize,
+    spare: Option<ExecutorHandle>,
+    active: Option<Active>,
+    inbox: BTreeMap<Epoch, (Capability<Epoch>, Vec<Delta>)>,
+    arrived: BTreeMap<Epoch, Instant>,
+    upstream_cuts: BTreeMap<u16, BTreeMap<u32, Epoch>>,
+    cut_upto: Option<u32>,
+    recovering: Vec<usize>,
+    notices: Vec<Notice>,
+    last_gc: Instant,
+    /// Lineage records written, oldest first, for retention.
+    written: VecDeque<u64>,
+    blocked_logged: bool,
 }
 
 impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
@@ -137,50 +209,39 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
         builder.build(move |mut initial| {
             let mut notice_cap = initial.pop();
             let durable_cap = initial.pop();
-            let index = config.index;
             let wake = move |ex: &ExecutorHandle| {
                 let a = sync_activator.clone();
                 ex.set_wake(Box::new(move || {
                     let _ = a.activate();
                 }));
             };
-            let node = config.node.clone();
-            let spawn_spare = move |wake: &dyn Fn(&ExecutorHandle)| match spawn("backup") {
-                Ok(e) => {
-                    wake(&e);
-                    Some(e)
-                }
-                Err(e) => {
-                    tracing::error!(%node, error = %e, "cannot start the backup's spare executor");
-                    None
-                }
+            let initially_backup = control.borrow().placement(config.index).backup == me;
+            let mut st = State {
+                config,
+                control,
+                spawn,
+                me,
+                spare: None,
+                active: initially_backup.then(|| Active::new(0, true, durable_cap)),
+                inbox: BTreeMap::new(),
+                arrived: BTreeMap::new(),
+                upstream_cuts: BTreeMap::new(),
+                cut_upto: None,
+                recovering: Vec::new(),
+                notices: Vec::new(),
+                last_gc: Instant::now(),
+                written: VecDeque::new(),
+                blocked_logged: false,
             };
-            let initially_backup = control.borrow().placement(index).backup == me;
-            let mut spare = if initially_backup { spawn_spare(&wake) } else { None };
-            let mut active = initially_backup.then(|| Active {
-                inc: 0,
-                synced: true,
-                states: BTreeMap::new(),
-                held: HashMap::new(),
-                cap: durable_cap,
-            });
-            let mut inbox: BTreeMap<Epoch, (Capability<Epoch>, Vec<Delta>)> = BTreeMap::new();
-            let mut arrived: BTreeMap<Epoch, Instant> = BTreeMap::new();
-            let mut upstream_cuts: BTreeMap<u16, BTreeMap<u32, Epoch>> = BTreeMap::new();
-            let mut cut_upto: Option<u32> = None;
-            let mut recovering: Vec<usize> = Vec::new();
-            let mut notices: Vec<Notice> = Vec::new();
-            let mut last_gc = Instant::now();
-            // Lineage records written, oldest first, for retention.
-            let mut written: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
-            let mut blocked_logged = false;
-
+            if initially_backup {
+                st.spawn_spare(&wake);
+            }
             move |frontiers| {
                 let mut durable_h = durable_out.activate();
                 deltas_in.for_each_stamp(|cap, data| {
                     let Some(epoch) = cap.least().copied() else { return };
-                    arrived.entry(epoch).or_insert_with(Instant::now);
-                    let entry = inbox.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new()));
+                    st.arrived.entry(epoch).or_insert_with(Instant::now);
+                    let entry = st.inbox.entry(epoch).or_insert_with(|| (cap.delayed(&epoch, 0), Vec::new()));
                     for batch in data {
                         entry.1.append(batch);
                     }
@@ -188,230 +249,33 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                 for input in upstream_in.iter_mut() {
                     input.for_each(|_, data| {
                         for c in data.drain(..) {
-                            upstream_cuts.entry(c.model).or_default().insert(c.inc, c.epoch);
+                            st.upstream_cuts.entry(c.model).or_default().insert(c.inc, c.epoch);
                         }
                     });
                 }
-                // Drop deltas of incarnations that were cut.
-                let placement = control.borrow().placement(index).clone();
-                inbox.retain(|_, (_, ds)| {
-                    ds.retain(|d| d.inc >= placement.inc && cut_upto.is_none_or(|c| d.inc > c));
-                    !ds.is_empty()
-                });
-
-                // The spare executor.
-                if let Some(ex) = spare.as_ref() {
-                    let mut died = None;
-                    while let Some(ev) = ex.try_event() {
-                        match ev {
-                            Event::Died { reason } => died = Some(reason),
-                            Event::Ready { .. } => {
-                                for fault in recovering.drain(..) {
-                                    notices.push(Notice::Respawned { fault, at_us: now_us() });
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    if let Some(reason) = died {
-                        tracing::warn!(node = %config.node, %reason, "backup's spare executor died; starting another");
-                        spare = spawn_spare(&wake);
-                    }
-                }
-
-                // Recovery: cut, and hand states and spare to the new primary on this worker.
-                let recover = control.borrow().next_recover().cloned();
-                if let Some(r) = recover {
-                    let mine = r.roles.iter().any(|ro| ro.model == index);
-                    let ready = active.as_ref().is_some_and(|a| a.inc == placement.inc && a.synced && a.cap.is_some());
-                    if mine && placement.backup == me && ready {
-                        let a = active.take().expect("ready");
-                        let cap = a.cap.expect("ready");
-                        let cut = Cut {
-                            view: r.view,
-                            model: index,
-                            inc: a.inc,
-                            epoch: *cap.time(),
-                        };
-                        tracing::info!(node = %config.node, inc = a.inc, epoch = cut.epoch, sessions = a.states.len(), "backup cut");
-                        durable_h.session(&cap).give(cut);
-                        cut_upto = Some(a.inc);
-                        inbox.retain(|_, (_, ds)| {
-                            ds.retain(|d| d.inc > a.inc);
-                            !ds.is_empty()
-                        });
-                        let executor = spare.take();
-                        control.borrow_mut().put_handoff(
-                            index,
-                            Handoff {
-                                executor,
-                                states: a.states.into_iter().collect(),
-                                executions: a.held.into_values().collect(),
-                            },
-                        );
-                    }
-                }
-
-                // A new incarnation's backup role.
-                if placement.backup == me && placement.inc > 0 && active.as_ref().is_none_or(|a| a.inc < placement.inc) && cut_upto.is_none_or(|c| c < placement.inc) {
-                    if spare.is_none() {
-                        spare = control.borrow_mut().take_spare(index).inspect(|e| wake(e)).or_else(|| spawn_spare(&wake));
-                    }
-                    active = Some(Active {
-                        inc: placement.inc,
-                        synced: false,
-                        states: BTreeMap::new(),
-                        held: HashMap::new(),
-                        cap: None,
-                    });
-                }
-
-                // Apply complete epochs, in order, within the consistent cut.
-                if let Some(a) = active.as_mut() {
-                    let delta_frontier = frontiers[0].frontier();
-                    let faults_due = |seq| control.borrow().due_faults(index, Role::Backup, seq);
-                    while let Some((&epoch, _)) = inbox.iter().next() {
-                        if delta_frontier.less_equal(&epoch) || frontiers[1..].iter().any(|f| f.frontier().less_equal(&epoch)) {
-                            break;
-                        }
-                        if let Some(wait) = arrived.get(&epoch).and_then(|t| config.apply_delay.checked_sub(t.elapsed())) {
-                            if !wait.is_zero() {
-                                activator.activate_after(wait);
-                                break;
-                            }
-                        }
-                        let (ecap, ds) = inbox.first_key_value().map(|(_, v)| v).expect("present");
-                        if !a.synced && !ds.iter().any(|d| d.inc == a.inc && matches!(d.body, DeltaBody::Snapshot { .. })) {
-                            break;
-                        }
-                        // An execution that consumed an upstream orphan is itself an orphan:
-                        // stop here; the recovery that made the upstream orphan cuts us too.
-                        let orphan = ds.iter().flat_map(|d| match &d.body {
-                            DeltaBody::Exec { executions, .. } => executions.iter().flat_map(|e| e.input_lineage.iter()).collect::<Vec<_>>(),
-                            DeltaBody::Snapshot { .. } => Vec::new(),
-                        })
-                        .any(|t| upstream_cuts.get(&t.model).is_some_and(|cuts| committed(cuts, |_| true, t.incarnation, t.epoch) == Some(false)));
-                        if orphan {
-                            if !blocked_logged {
-                                tracing::info!(node = %config.node, epoch, "holding: delta depends on an upstream orphan");
-                                blocked_logged = true;
-                            }
-                            break;
-                        }
-                        let ecap = ecap.clone();
-                        let (_, (_, ds)) = inbox.pop_first().expect("present");
-                        arrived.remove(&epoch);
-                        let mut batch = Batch::new();
-                        let mut top_seq = None;
-                        for d in ds.into_iter().filter(|d| d.inc == a.inc) {
-                            match d.body {
-                                DeltaBody::Snapshot { states, executions } => {
-                                    a.states = states.into_iter().collect();
-                                    a.held = executions.into_iter().map(|e| (e.seq, e)).collect();
-                                    a.synced = true;
-                                    let prefix = index.to_be_bytes();
-                                    batch.delete_range(&config.store, Cf::State, &prefix, &(index + 1).to_be_bytes());
-                                    for (s, st) in &a.states {
-                                        batch.put(&config.store, Cf::State, &state_key(index, *s), st);
-                                    }
-                                    if a.cap.is_none() {
-                                        a.cap = Some(ecap.clone());
-                                    }
-                                }
-                                DeltaBody::Exec { states, executions } => {
-                                    tracing::trace!(node = %config.node, epoch, states = states.len(), live = states.iter().filter(|s| s.1.is_some()).count(), held = a.states.len(), executions = executions.len(), "applying delta");
-                                    for (s, st) in states {
-                                        match st {
-                                            Some(st) => {
-                                                batch.put(&config.store, Cf::State, &state_key(index, s), &st);
-                                                a.states.insert(s, st);
-                                            }
-                                            None => {
-                                                batch.delete(&config.store, Cf::State, &state_key(index, s));
-                                                a.states.remove(&s);
-                                            }
-                                        }
-                                    }
-                                    for e in executions {
-                                        if e.fp != 0 {
-                                            let rec = LineageRecord {
-                                                session: e.session,
-                                                prev_fp: e.prev_fp,
-                                                fp: e.fp,
-                                                inc: e.inc,
-                                                epoch: e.epoch,
-                                            };
-                                            batch.put(&config.store, Cf::Lineage, &lineage_key(index, e.seq), &rec);
-                                            written.push_back(e.seq);
-                                        }
-                                        top_seq = top_seq.max(Some(e.seq));
-                                        a.held.insert(e.seq, e);
-                                    }
-                                }
-                            }
-                        }
-                        if let Err(e) = config.store.commit(batch, config.sync) {
-                            // Not durable: the frontier stays here, results wait, and we retry.
-                            tracing::error!(node = %config.node, error = %e, "backup write failed; holding");
-                            break;
-                        }
-                        blocked_logged = false;
-                        if let Some(seq) = top_seq {
-                            for fault in faults_due(seq) {
-                                let kind = control.borrow().faults[fault].kind;
-                                if let Some(ex) = spare.as_ref() {
-                                    tracing::warn!(executor = ex.name(), ?kind, seq, "injecting fault");
-                                    ex.signal(if kind == FaultKind::Kill { libc::SIGKILL } else { libc::SIGSTOP });
-                                    recovering.push(fault);
-                                    control.borrow_mut().fired.insert(fault);
-                                    notices.push(Notice::Injected { fault, at_us: now_us() });
-                                    if kind == FaultKind::Hang {
-                                        // A hung spare would only be found at promotion; replace it now.
-                                        ex.signal(libc::SIGKILL);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    // The durable frontier: the first epoch not held.
-                    if let Some(cap) = a.cap.as_mut() {
-                        let next = inbox.keys().next().copied().into_iter().chain(delta_frontier.iter().copied()).min();
-                        match next {
-                            Some(t) if t > *cap.time() => cap.downgrade(&t),
-                            None => a.cap = None,
-                            _ => {}
-                        }
-                    }
-                    if last_gc.elapsed() > Duration::from_millis(200) {
-                        last_gc = Instant::now();
-                        let ctl = control.borrow();
-                        a.held.retain(|seq, _| !ctl.is_released(*seq));
-                        let p = ctl.partitions();
-                        let released_below = ctl.watermarks().iter().min().copied().unwrap_or(0) * p;
-                        let keep_from = released_below.saturating_sub(config.lineage_retention);
-                        let mut gc = Batch::new();
-                        while written.front().is_some_and(|s| *s < keep_from) {
-                            let seq = written.pop_front().expect("checked");
-                            gc.delete(&config.store, Cf::Lineage, &lineage_key(index, seq));
-                        }
-                        if !gc.is_empty() {
-                            // The verifier cannot check tags of executions below this horizon.
-                            gc.put(&config.store, Cf::Meta, &lineage_horizon_key(index), &keep_from);
-                            let _ = config.store.commit(gc, false);
-                        }
-                    }
-                }
-                if !notices.is_empty() {
+                st.drop_cut_deltas();
+                st.spare_events(&wake);
+                st.maybe_cut(&mut durable_h);
+                st.maybe_take_role(&wake);
+                st.apply(frontiers, &activator);
+                st.gc();
+                if !st.notices.is_empty() {
                     if let Some(nc) = notice_cap.as_ref() {
-                        notice_out.activate().session(nc).give_iterator(notices.drain(..));
+                        notice_out.activate().session(nc).give_iterator(st.notices.drain(..));
                     }
                 }
-                arrived.retain(|e, _| inbox.contains_key(e));
-                let ended = frontiers[0].frontier().is_empty() && inbox.is_empty();
-                if ended {
+                st.arrived.retain(|e, _| st.inbox.contains_key(e));
+                if frontiers[0].frontier().is_empty() && st.inbox.is_empty() {
+                    // The stream has ended.
+                    if let (Some(s), Some(nc)) = (st.spare.take(), notice_cap.as_ref()) {
+                        let memory = Notice::Memory {
+                            executor: s.name().to_string(),
+                            mb: s.peak_rss_mb(),
+                        };
+                        notice_out.activate().session(nc).give(memory);
+                    }
                     notice_cap = None;
-                    spare = None;
-                    if let Some(a) = active.as_mut() {
+                    if let Some(a) = st.active.as_mut() {
                         a.cap = None;
                     }
                 } else if let (Some(t), Some(nc)) = (frontiers[0].frontier().iter().min(), notice_cap.as_mut()) {
@@ -419,11 +283,349 @@ impl<'scope> Backup<'scope> for Stream<'scope, Epoch, Vec<Delta>> {
                         nc.downgrade(t);
                     }
                 }
-                if spare.is_some() {
+                if st.spare.is_some() || matches!(st.config.cadence, Cadence::Checkpoint(_)) {
                     activator.activate_after(Duration::from_millis(100));
                 }
             }
         });
         BackupStreams { durable, notices }
+    }
+}
+
+impl State {
+    fn spawn_spare(&mut self, wake: &dyn Fn(&ExecutorHandle)) {
+        if !self.config.warm_spare {
+            return;
+        }
+        match (self.spawn)("backup") {
+            Ok(e) => {
+                wake(&e);
+                self.spare = Some(e);
+            }
+            Err(e) => tracing::error!(node = %self.config.node, error = %e, "cannot start the backup's spare executor"),
+        }
+    }
+
+    /// Deltas of incarnations that were cut are orphans.
+    fn drop_cut_deltas(&mut self) {
+        let inc = self.control.borrow().placement(self.config.index).inc;
+        let cut = self.cut_upto;
+        self.inbox.retain(|_, (_, ds)| {
+            ds.retain(|d| d.inc >= inc && cut.is_none_or(|c| d.inc > c));
+            !ds.is_empty()
+        });
+    }
+
+    fn spare_events(&mut self, wake: &dyn Fn(&ExecutorHandle)) {
+        let Some(ex) = self.spare.as_ref() else { return };
+        let mut died = None;
+        while let Some(ev) = ex.try_event() {
+            match ev {
+                Event::Died { reason } => died = Some(reason),
+                Event::Ready { .. } => {
+                    for fault in self.recovering.drain(..) {
+                        self.notices.push(Notice::Respawned { fault, at_us: now_us() });
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(reason) = died {
+            tracing::warn!(node = %self.config.node, %reason, "backup's spare executor died; starting another");
+            self.spare = None;
+            self.spawn_spare(wake);
+        }
+    }
+
+    /// Recovery: cut, and hand states and spare to the new primary on this worker.
+    fn maybe_cut(
+        &mut self,
+        durable: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+            '_,
+            Epoch,
+            timely::container::CapacityContainerBuilder<Vec<Cut>>,
+        >,
+    ) {
+        let index = self.config.index;
+        let Some(r) = self.control.borrow().next_recover().cloned() else {
+            return;
+        };
+        let placement = self.control.borrow().placement(index).clone();
+        let mine = r.roles.iter().any(|ro| ro.model == index);
+        let ready = self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.inc == placement.inc && a.synced && a.cap.is_some());
+        if !(mine && placement.backup == self.me && ready) {
+            return;
+        }
+        let mut a = self.active.take().expect("ready");
+        let cap = a.cap.take().expect("ready");
+        let cut = Cut {
+            view: r.view,
+            model: index,
+            inc: a.inc,
+            epoch: *cap.time(),
+        };
+        let image = a.durable_image();
+        tracing::info!(node = %self.config.node, inc = cut.inc, epoch = cut.epoch, sessions = image.states.len(), "backup cut");
+        let mut session: DurableSession<'_, '_> = durable.session(&cap);
+        session.give(cut);
+        drop(session);
+        self.cut_upto = Some(cut.inc);
+        self.drop_cut_deltas();
+        let executor = self.spare.take();
+        self.control.borrow_mut().put_handoff(
+            index,
+            Handoff {
+                executor,
+                states: image.states.into_iter().collect(),
+                executions: image.held.into_values().collect(),
+            },
+        );
+    }
+
+    /// Takes the backup role of a new incarnation placed on this worker.
+    fn maybe_take_role(&mut self, wake: &dyn Fn(&ExecutorHandle)) {
+        let index = self.config.index;
+        let placement = self.control.borrow().placement(index).clone();
+        let stale = self.active.as_ref().is_none_or(|a| a.inc < placement.inc);
+        if placement.backup == self.me && placement.inc > 0 && stale && self.cut_upto.is_none_or(|c| c < placement.inc) {
+            if self.spare.is_none() && self.config.warm_spare {
+                let left = self.control.borrow_mut().take_spare(index);
+                match left {
+                    Some(e) => {
+                        wake(&e);
+                        self.spare = Some(e);
+                    }
+                    None => self.spawn_spare(wake),
+                }
+            }
+            self.active = Some(Active::new(placement.inc, false, None));
+        }
+    }
+
+    /// Applies complete epochs in order, within the consistent cut, and makes them durable.
+    fn apply(&mut self, frontiers: &[MutableAntichain<Epoch>], activator: &timely::scheduling::Activator) {
+        let index = self.config.index;
+        let Some(a) = self.active.as_mut() else { return };
+        let delta_frontier = frontiers[0].frontier();
+        let mut applied_any = false;
+        let mut fault_seq = None;
+        while let Some((&epoch, _)) = self.inbox.iter().next() {
+            if delta_frontier.less_equal(&epoch) || frontiers[1..].iter().any(|f| f.frontier().less_equal(&epoch)) {
+                break;
+            }
+            if let Some(wait) = self
+                .arrived
+                .get(&epoch)
+                .and_then(|t| self.config.apply_delay.checked_sub(t.elapsed()))
+            {
+                if !wait.is_zero() {
+                    activator.activate_after(wait);
+                    break;
+                }
+            }
+            let (ecap, ds) = self.inbox.first_key_value().map(|(_, v)| v).expect("present");
+            if !a.synced && !ds.iter().any(|d| d.inc == a.inc && matches!(d.body, DeltaBody::Snapshot { .. })) {
+                break;
+            }
+            // An execution that consumed an upstream orphan is itself an orphan:
+            // stop here; the recovery that made the upstream orphan cuts us too.
+            let cuts = &self.upstream_cuts;
+            let orphan = ds
+                .iter()
+                .filter_map(|d| match &d.body {
+                    DeltaBody::Exec { executions, .. } => Some(executions),
+                    DeltaBody::Snapshot { .. } => None,
+                })
+                .flatten()
+                .flat_map(|e| e.input_lineage.iter())
+                .any(|t| {
+                    cuts.get(&t.model)
+                        .is_some_and(|c| committed(c, |_| true, t.incarnation, t.epoch) == Some(false))
+                });
+            if orphan {
+                if !self.blocked_logged {
+                    tracing::info!(node = %self.config.node, epoch, "holding: delta depends on an upstream orphan");
+                    self.blocked_logged = true;
+                }
+                break;
+            }
+            self.blocked_logged = false;
+            let ecap = ecap.clone();
+            let (_, (_, ds)) = self.inbox.pop_first().expect("present");
+            self.arrived.remove(&epoch);
+            let mut top_seq = None;
+            for d in ds.into_iter().filter(|d| d.inc == a.inc) {
+                match d.body {
+                    DeltaBody::Snapshot { states, executions } => {
+                        a.live.states = states.into_iter().collect();
+                        a.live.held = executions.into_iter().map(|e| (e.seq, e)).collect();
+                        a.dirty_states = a.live.states.iter().map(|(s, st)| (*s, Some(st.clone()))).collect();
+                        a.synced = true;
+                        if a.cap.is_none() {
+                            a.cap = Some(ecap.clone());
+                        }
+                    }
+                    DeltaBody::Exec { states, executions } => {
+                        for (s, st) in states {
+                            match &st {
+                                Some(st) => a.live.states.insert(s, st.clone()),
+                                None => a.live.states.remove(&s),
+                            };
+                            a.dirty_states.insert(s, st);
+                        }
+                        for e in executions {
+                            if e.fp != 0 {
+                                let rec = LineageRecord {
+                                    session: e.session,
+                                    prev_fp: e.prev_fp,
+                                    fp: e.fp,
+                                    inc: e.inc,
+                                    epoch: e.epoch,
+                                };
+                                a.dirty_lineage.push((e.seq, rec));
+                            }
+                            top_seq = top_seq.max(Some(e.seq));
+                            a.live.held.insert(e.seq, e);
+                        }
+                    }
+                }
+            }
+            applied_any = true;
+            fault_seq = fault_seq.max(top_seq);
+            if self.config.cadence == Cadence::EveryEpoch && !Self::persist(&self.config, a, &mut self.written) {
+                break;
+            }
+        }
+        // The durable frontier: the first epoch not durable.
+        let next = self
+            .inbox
+            .keys()
+            .next()
+            .copied()
+            .into_iter()
+            .chain(delta_frontier.iter().copied())
+            .min();
+        let durable_now = match self.config.cadence {
+            Cadence::EveryEpoch => true,
+            Cadence::Checkpoint(every) => {
+                let due = a.last_checkpoint.elapsed() >= every || next.is_none();
+                if due && a.synced && (applied_any || !a.dirty_states.is_empty() || !a.dirty_lineage.is_empty() || a.checkpoint.is_none()) {
+                    if Self::persist(&self.config, a, &mut self.written) {
+                        a.checkpoint = Some(a.live.clone());
+                        a.last_checkpoint = Instant::now();
+                        tracing::debug!(node = %self.config.node, sessions = a.live.states.len(), "checkpoint written");
+                        true
+                    } else {
+                        false
+                    }
+                } else {
+                    due && a.synced
+                }
+            }
+        };
+        if let (true, Some(cap)) = (durable_now, a.cap.as_mut()) {
+            match next {
+                Some(t) if t > *cap.time() => cap.downgrade(&t),
+                None => a.cap = None,
+                _ => {}
+            }
+        }
+        let _ = index;
+        if let Some(cap) = a.cap.as_ref() {
+            let lag_bytes: usize = self
+                .inbox
+                .values()
+                .flat_map(|(_, ds)| ds.iter())
+                .map(|d| match &d.body {
+                    DeltaBody::Exec { states, executions } => {
+                        states
+                            .iter()
+                            .map(|(_, s)| s.as_ref().map_or(8, |s| 16 + 4 * s.state.len()))
+                            .sum::<usize>()
+                            + executions
+                                .iter()
+                                .map(|e| 48 + e.outcome.as_ref().map_or(0, |v| 4 * v.len()))
+                                .sum::<usize>()
+                    }
+                    DeltaBody::Snapshot { states, .. } => states.iter().map(|(_, s)| 16 + 4 * s.state.len()).sum(),
+                })
+                .sum();
+            crate::metrics::metrics().backup(&self.config.node, *cap.time(), self.inbox.len() as u64, lag_bytes as u64);
+        }
+        if let Some(seq) = fault_seq {
+            self.inject_faults(seq);
+        }
+    }
+
+    /// Writes applied-but-unpersisted changes in one batch; false if the write failed.
+    fn persist(config: &BackupConfig, a: &mut Active, written: &mut VecDeque<u64>) -> bool {
+        let index = config.index;
+        let mut batch = Batch::new();
+        for (s, st) in &a.dirty_states {
+            match st {
+                Some(st) => batch.put(&config.store, Cf::State, &state_key(index, *s), st),
+                None => batch.delete(&config.store, Cf::State, &state_key(index, *s)),
+            }
+        }
+        for (seq, rec) in &a.dirty_lineage {
+            batch.put(&config.store, Cf::Lineage, &lineage_key(index, *seq), rec);
+        }
+        // No fsync: the backup's memory is what the protocol relies on (F1);
+        // RocksDB's WAL keeps it across a process crash.
+        if let Err(e) = config.store.commit(batch, false) {
+            tracing::error!(node = %config.node, error = %e, "backup write failed; holding");
+            return false;
+        }
+        a.dirty_states.clear();
+        written.extend(a.dirty_lineage.drain(..).map(|(seq, _)| seq));
+        true
+    }
+
+    fn inject_faults(&mut self, seq: u64) {
+        let due = self.control.borrow().due_faults(self.config.index, Role::Backup, seq);
+        for fault in due {
+            let kind = self.control.borrow().faults[fault].kind;
+            let Some(ex) = self.spare.as_ref() else { continue };
+            tracing::warn!(executor = ex.name(), ?kind, seq, "injecting fault");
+            ex.signal(if kind == FaultKind::Kill { libc::SIGKILL } else { libc::SIGSTOP });
+            if kind == FaultKind::Hang {
+                // A hung spare would only be found at promotion; replace it now.
+                ex.signal(libc::SIGKILL);
+            }
+            self.recovering.push(fault);
+            self.control.borrow_mut().fired.insert(fault);
+            self.notices.push(Notice::Injected { fault, at_us: now_us() });
+        }
+    }
+
+    /// Forgets held executions once released, and lineage records past retention.
+    fn gc(&mut self) {
+        if self.last_gc.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last_gc = Instant::now();
+        let index = self.config.index;
+        let ctl = self.control.borrow();
+        if let Some(a) = self.active.as_mut() {
+            a.live.held.retain(|seq, _| !ctl.is_released(*seq));
+            if let Some(c) = a.checkpoint.as_mut() {
+                c.held.retain(|seq, _| !ctl.is_released(*seq));
+            }
+        }
+        let released_below = ctl.watermarks().iter().min().copied().unwrap_or(0) * ctl.partitions();
+        let keep_from = released_below.saturating_sub(self.config.lineage_retention);
+        let mut gc = Batch::new();
+        while self.written.front().is_some_and(|s| *s < keep_from) {
+            let seq = self.written.pop_front().expect("checked");
+            gc.delete(&self.config.store, Cf::Lineage, &lineage_key(index, seq));
+        }
+        if !gc.is_empty() {
+            // The verifier cannot check tags of executions below this horizon.
+            gc.put(&self.config.store, Cf::Meta, &lineage_horizon_key(index), &keep_from);
+            let _ = self.config.store.commit(gc, false);
+        }
     }
 }

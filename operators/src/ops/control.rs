@@ -77,6 +77,13 @@ pub enum Notice {
         /// When (µs since the Unix epoch).
         at_us: u64,
     },
+    /// Peak resident memory of an executor process as it shuts down, MiB.
+    Memory {
+        /// `model/replica`.
+        executor: String,
+        /// VmHWM of the process.
+        mb: f64,
+    },
     /// A stateless or spare executor hit by fault `fault` is serving again.
     Respawned {
         /// Index into the fault plan.
@@ -214,6 +221,8 @@ pub struct Control {
     cuts: BTreeMap<(u64, u16), Cut>,
     watermarks: Vec<u64>,
     wakers: Vec<Activator>,
+    durable: BTreeMap<u16, Option<Epoch>>,
+    durable_wakers: Vec<Activator>,
     handoffs: HashMap<u16, Handoff>,
     spares: HashMap<u16, ExecutorHandle>,
     /// Planned faults.
@@ -256,6 +265,8 @@ impl Control {
             cuts: BTreeMap::new(),
             watermarks: vec![0; partitions.max(1)],
             wakers: Vec::new(),
+            durable: BTreeMap::new(),
+            durable_wakers: Vec::new(),
             handoffs: HashMap::new(),
             spares: HashMap::new(),
             faults,
@@ -313,6 +324,29 @@ impl Control {
         }
     }
 
+    /// Wakes `activator` whenever a durable frontier advances.
+    pub fn subscribe_durable(&mut self, activator: Activator) {
+        self.durable_wakers.push(activator);
+    }
+
+    /// Records the durable frontier of `model` (`None`: empty, everything durable).
+    pub fn set_durable(&mut self, model: u16, frontier: Option<Epoch>) {
+        if self.durable.insert(model, frontier) != Some(frontier) {
+            for w in &self.durable_wakers {
+                w.activate();
+            }
+        }
+    }
+
+    /// True when every epoch up to and including `epoch` of `model` is held by its backup.
+    pub fn durable_past(&self, model: u16, epoch: Epoch) -> bool {
+        match self.durable.get(&model) {
+            Some(Some(f)) => *f > epoch,
+            Some(None) => true,
+            None => false,
+        }
+    }
+
     /// Folds in a recovery announcement.
     pub fn on_recover(&mut self, r: Recover) {
         if r.view > self.view {
@@ -358,6 +392,7 @@ impl Control {
             }
             self.view = next;
             tracing::info!(view = next, failed = r.failed, "view change applied");
+            crate::metrics::metrics().phase(next, crate::metrics::Phase::ViewChanged, super::now_us());
             self.wake();
         }
     }

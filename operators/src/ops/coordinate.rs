@@ -29,6 +29,8 @@ pub struct CoordinatorConfig {
     pub threads: usize,
     /// Total workers.
     pub workers: usize,
+    /// Keep the backup beside the primary (checkpointing): recovery restarts in place.
+    pub colocate: bool,
 }
 
 /// Fault injections and recoveries as worker 0 saw them.
@@ -40,6 +42,8 @@ pub struct FaultLog {
     pub respawned: BTreeMap<usize, u64>,
     /// Recoveries: (view, failed model, incarnation it got, detection time).
     pub recoveries: Vec<(u64, u16, u32, u64)>,
+    /// Peak memory of each executor process, MiB, reported as they shut down.
+    pub executor_rss_mb: BTreeMap<String, f64>,
 }
 
 /// Coordinates recoveries.
@@ -63,6 +67,11 @@ impl<'scope> Coordinate<'scope> for Stream<'scope, Epoch, Vec<Notice>> {
                                 fired.insert(fault);
                                 log.borrow_mut().injected.entry(fault).or_insert(at_us);
                             }
+                            Notice::Memory { executor, mb } => {
+                                let mut log = log.borrow_mut();
+                                let peak = log.executor_rss_mb.entry(executor).or_insert(0.0);
+                                *peak = peak.max(mb);
+                            }
                             Notice::Respawned { fault, at_us } => {
                                 log.borrow_mut().respawned.entry(fault).or_insert(at_us);
                             }
@@ -77,7 +86,9 @@ impl<'scope> Coordinate<'scope> for Stream<'scope, Epoch, Vec<Notice>> {
                                 for m in config.affected.get(&model).into_iter().flatten() {
                                     let (inc, primary, backup) = roles[m];
                                     let new_primary = backup;
-                                    let new_backup = if process(primary) != process(new_primary) {
+                                    let new_backup = if config.colocate {
+                                        new_primary
+                                    } else if process(primary) != process(new_primary) {
                                         primary
                                     } else {
                                         // Same process: prefer a worker of another process, then another worker.

@@ -45,6 +45,10 @@ pub struct InferConfig {
     pub deadline: Duration,
     /// Ping an idle executor this often.
     pub heartbeat: Duration,
+    /// Stateful nodes: ship deltas to a backup and recover from it (all modes but `none`).
+    pub replicate: bool,
+    /// Stateful nodes: release outputs only once the backup holds their state (stop-and-buffer).
+    pub hold_until_durable: bool,
 }
 
 /// Starts executors for a node on this worker (`replica` names it in logs).
@@ -157,6 +161,20 @@ struct State {
     /// Stateful: `seq`s sent to the executor and not answered yet.
     executing: HashSet<u64>,
     last_gc: Instant,
+    /// Stop-and-buffer: outputs waiting for the backup to hold the epoch they name.
+    held: Vec<Held>,
+}
+
+/// Outputs held until their model's durable frontier passes `epoch`.
+///
+/// Only the output capabilities are kept: holding the delta one would keep the
+/// backup's frontier, which this waits on, from ever passing the epoch.
+struct Held {
+    ok_cap: Capability<Epoch>,
+    err_cap: Capability<Epoch>,
+    epoch: Epoch,
+    ok: Vec<Envelope>,
+    err: Vec<Failure>,
 }
 
 /// Outputs of one activation.
@@ -183,6 +201,9 @@ impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
         let activator = scope.activator_for(info.address.clone());
         let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
         control.borrow_mut().subscribe(scope.activator_for(info.address.clone()));
+        if config.hold_until_durable {
+            control.borrow_mut().subscribe_durable(scope.activator_for(info.address.clone()));
+        }
         let me = scope.index();
 
         builder.build(move |mut initial| {
@@ -200,6 +221,7 @@ impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                 log: HashMap::new(),
                 executing: HashSet::new(),
                 last_gc: Instant::now(),
+                held: Vec::new(),
             };
             let wake = move |ex: &ExecutorHandle| {
                 let a = sync_activator.clone();
@@ -208,7 +230,11 @@ impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                 }));
             };
             let mut notices_buf: Vec<Notice> = Vec::new();
+            let mut ended = false;
             move |frontiers| {
+                if ended {
+                    return;
+                }
                 let (mut ok_h, mut err_h, mut delta_h) = (ok_out.activate(), err_out.activate(), delta_out.activate());
                 let frontier = frontiers[0].frontier().to_owned();
                 input.for_each_stamp(|cap, data| {
@@ -246,15 +272,32 @@ impl<'scope> Infer<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                 st.collect_events(&mut out, &wake, &mut notices_buf);
                 st.watch_health(&activator);
                 st.submit(&frontier, &mut out, &mut notices_buf);
+                st.release_held(&mut out);
                 st.gc();
+                let depth = st.pending.values().map(|(_, r)| r.len()).sum::<usize>()
+                    + st.serving
+                        .as_ref()
+                        .map_or(0, |s| s.in_flight.values().map(|f| f.requests.len()).sum());
+                crate::metrics::metrics().queue(&st.config.node, depth as u64);
                 if !notices_buf.is_empty() {
                     if let Some(nc) = notice_cap.as_ref() {
                         notice_out.activate().session(nc).give_iterator(notices_buf.drain(..));
                     }
                 }
-                if frontier.is_empty() && st.pending.is_empty() && st.serving.as_ref().is_none_or(|s| s.in_flight.is_empty()) {
+                if frontier.is_empty()
+                    && st.pending.is_empty()
+                    && st.held.is_empty()
+                    && st.serving.as_ref().is_none_or(|s| s.in_flight.is_empty())
+                {
                     // The stream has ended: release the executor and the held capabilities.
-                    st.serving = None;
+                    ended = true;
+                    if let (Some(s), Some(nc)) = (st.serving.take(), notice_cap.as_ref()) {
+                        let memory = Notice::Memory {
+                            executor: s.executor.name().to_string(),
+                            mb: s.executor.peak_rss_mb(),
+                        };
+                        notice_out.activate().session(nc).give(memory);
+                    }
                     notice_cap = None;
                     delta_cap = None;
                     return;
@@ -383,7 +426,10 @@ impl State {
                         notices.push(Notice::Respawned { fault, at_us: now_us() });
                     }
                 }
-                Event::Restored => {}
+                Event::Restored => {
+                    let view = self.control.borrow().view();
+                    crate::metrics::metrics().phase(view, crate::metrics::Phase::Promoted, now_us());
+                }
             }
         }
         for resp in &done {
@@ -398,7 +444,9 @@ impl State {
         let Some(reason) = died else { return };
         let serving = self.serving.as_mut().expect("checked");
         tracing::warn!(executor = serving.executor.name(), %reason, "executor died");
-        if self.config.stateful {
+        let next_view = self.control.borrow().view() + 1;
+        crate::metrics::metrics().phase(next_view, crate::metrics::Phase::Detected, now_us());
+        if self.config.stateful && self.config.replicate {
             serving.dead = true;
             notices.push(Notice::Failed {
                 model: self.config.index,
@@ -408,7 +456,10 @@ impl State {
             });
             return;
         }
-        // Stateless: start a new executor and resend what the old one lost.
+        // Stateless (or unreplicated): start a new executor and resend what the old one lost.
+        if self.config.stateful {
+            tracing::error!(node = %self.config.node, "no backup in this mode: the model's session states are lost");
+        }
         let lost: Vec<InFlight> = serving.in_flight.drain().map(|(_, f)| f).collect();
         let recovering = std::mem::take(&mut serving.recovering);
         self.serving = None;
@@ -569,69 +620,55 @@ impl State {
                 serving.recovering.push(fault);
                 self.control.borrow_mut().fired.insert(fault);
                 notices.push(Notice::Injected { fault, at_us: now_us() });
+                let next_view = self.control.borrow().view() + 1;
+                crate::metrics::metrics().phase(next_view, crate::metrics::Phase::Injected, now_us());
             }
         }
     }
 
     /// Sends a finished batch's outputs and failures downstream, and its delta to the backup.
     fn emit(&mut self, f: InFlight, resp: InferResponse, out: &mut Out<'_, '_>) {
-        let stateful = self.config.stateful;
+        let tagged = self.config.stateful && self.config.replicate;
         let inc = self.serving.as_ref().map_or(0, |s| s.inc);
         let mut executions = Vec::new();
-        {
-            let mut ok = out.ok.session(&f.caps.ok);
-            for (env, result) in f.requests.into_iter().zip(resp.outputs) {
-                if stateful {
-                    self.executing.remove(&env.meta.seq);
-                }
-                let mut lineage = env.lineage.clone();
-                match result {
-                    Ok(o) => {
-                        if stateful {
-                            lineage.push(LineageTag {
-                                model: self.config.index,
-                                incarnation: inc,
-                                epoch: f.epoch,
-                                fingerprint: o.fp,
-                            });
-                            executions.push(Execution {
-                                seq: env.meta.seq,
-                                session: env.meta.session,
-                                outcome: Ok(o.values.clone()),
-                                prev_fp: o.prev_fp,
-                                fp: o.fp,
-                                inc,
-                                epoch: f.epoch,
-                                input_lineage: env.lineage,
-                            });
-                        }
-                        ok.give(Envelope {
-                            meta: env.meta,
-                            values: Values::F32(o.values),
-                            lineage,
-                        });
-                    }
-                    Err(e) => {
-                        if stateful {
-                            lineage.push(self.read_tag(inc, f.epoch));
-                            executions.push(Execution {
-                                seq: env.meta.seq,
-                                session: env.meta.session,
-                                outcome: Err(e.clone()),
-                                prev_fp: 0,
-                                fp: 0,
-                                inc,
-                                epoch: f.epoch,
-                                input_lineage: env.lineage,
-                            });
-                        }
-                        let failure = self.fail(env.meta, e.kind, e.message, lineage);
-                        out.err.session(&f.caps.err).give(failure);
-                    }
-                }
+        let (mut oks, mut errs) = (Vec::new(), Vec::new());
+        for (env, result) in f.requests.into_iter().zip(resp.outputs) {
+            if self.config.stateful {
+                self.executing.remove(&env.meta.seq);
+            }
+            let mut lineage = env.lineage.clone();
+            let (outcome, prev_fp, fp) = match result {
+                Ok(o) => (Ok(o.values), o.prev_fp, o.fp),
+                Err(e) => (Err(e), 0, 0),
+            };
+            if tagged {
+                lineage.push(LineageTag {
+                    model: self.config.index,
+                    incarnation: inc,
+                    epoch: f.epoch,
+                    fingerprint: fp,
+                });
+                executions.push(Execution {
+                    seq: env.meta.seq,
+                    session: env.meta.session,
+                    outcome: outcome.clone(),
+                    prev_fp,
+                    fp,
+                    inc,
+                    epoch: f.epoch,
+                    input_lineage: env.lineage,
+                });
+            }
+            match outcome {
+                Ok(values) => oks.push(Envelope {
+                    meta: env.meta,
+                    values: Values::F32(values),
+                    lineage,
+                }),
+                Err(e) => errs.push(self.fail(env.meta, e.kind, e.message, lineage)),
             }
         }
-        if stateful {
+        if tagged {
             for e in &executions {
                 self.log.insert(e.seq, e.clone());
             }
@@ -646,20 +683,54 @@ impl State {
                 },
             });
         }
+        let wait = (tagged && self.config.hold_until_durable).then_some(f.epoch);
+        self.deliver(&f.caps, wait, oks, errs, out);
     }
 
-    /// A dependency on a stateful model's state that did not change it (e.g. "unknown session").
-    fn read_tag(&self, inc: u32, epoch: Epoch) -> LineageTag {
-        LineageTag {
-            model: self.config.index,
-            incarnation: inc,
-            epoch,
-            fingerprint: 0,
+    /// Sends results downstream now, or (stop-and-buffer) once the backup holds epoch `wait`.
+    fn deliver(&mut self, caps: &Caps, wait: Option<Epoch>, ok: Vec<Envelope>, err: Vec<Failure>, out: &mut Out<'_, '_>) {
+        match wait {
+            Some(epoch) if !self.control.borrow().durable_past(self.config.index, epoch) => self.held.push(Held {
+                ok_cap: caps.ok.clone(),
+                err_cap: caps.err.clone(),
+                epoch,
+                ok,
+                err,
+            }),
+            _ => {
+                if !ok.is_empty() {
+                    out.ok.session(&caps.ok).give_iterator(ok.into_iter());
+                }
+                if !err.is_empty() {
+                    out.err.session(&caps.err).give_iterator(err.into_iter());
+                }
+            }
+        }
+    }
+
+    /// Stop-and-buffer: releases held outputs whose epoch the backup now holds.
+    fn release_held(&mut self, out: &mut Out<'_, '_>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let control = self.control.borrow();
+        let (ready, waiting): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| control.durable_past(self.config.index, h.epoch));
+        drop(control);
+        self.held = waiting;
+        for h in ready {
+            if !h.ok.is_empty() {
+                out.ok.session(&h.ok_cap).give_iterator(h.ok.into_iter());
+            }
+            if !h.err.is_empty() {
+                out.err.session(&h.err_cap).give_iterator(h.err.into_iter());
+            }
         }
     }
 
     /// Answers a replayed request from the execution log.
-    fn emit_logged(&self, caps: &Caps, env: Envelope, exec: &Execution, out: &mut Out<'_, '_>) {
+    fn emit_logged(&mut self, caps: &Caps, env: Envelope, exec: &Execution, out: &mut Out<'_, '_>) {
         let tag = LineageTag {
             model: self.config.index,
             incarnation: exec.inc,
@@ -668,17 +739,19 @@ impl State {
         };
         let mut lineage = env.lineage;
         lineage.push(tag);
+        let (mut ok, mut err) = (Vec::new(), Vec::new());
         match &exec.outcome {
-            Ok(values) => out.ok.session(&caps.ok).give(Envelope {
+            Ok(values) => ok.push(Envelope {
                 meta: env.meta,
                 values: Values::F32(values.clone()),
                 lineage,
             }),
-            Err(ItemError { kind, message }) => {
-                let failure = self.fail(env.meta, *kind, message.clone(), lineage);
-                out.err.session(&caps.err).give(failure);
-            }
+            Err(ItemError { kind, message }) => err.push(self.fail(env.meta, *kind, message.clone(), lineage)),
         }
+        // Executions inherited from a backup are held already; our own may not be yet.
+        let current = self.serving.as_ref().map_or(0, |s| s.inc);
+        let wait = (self.config.hold_until_durable && exec.inc == current).then_some(exec.epoch);
+        self.deliver(caps, wait, ok, err, out);
     }
 
     /// Forgets executions whose results have been released.

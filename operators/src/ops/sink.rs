@@ -185,6 +185,7 @@ impl Ledger {
         released.apply(staged);
         self.next_out += fresh.len() as u64;
         for (_, rec) in fresh {
+            crate::metrics::metrics().released(now.saturating_sub(rec.ingest_us), rec.outcome.is_err());
             stats.released += 1;
             stats.errors += rec.outcome.is_err() as u64;
             stats
@@ -351,6 +352,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                             for t in &r.lineage {
                                 if t.incarnation > 0 && first_seen.insert((t.model, t.incarnation)) {
                                     stats.first_release.push((t.model, t.incarnation, now_us()));
+                                    crate::metrics::metrics().phase_latest(crate::metrics::Phase::CaughtUp, now_us());
                                 }
                             }
                         }
@@ -377,6 +379,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Epoch, Vec<Envelope>> {
                         }
                     }
                 }
+                crate::metrics::metrics().orphans(stats.orphans);
                 if stats.orphans > 0 {
                     if let Some(c) = final_cap.as_ref() {
                         out.session(c).give(stats);

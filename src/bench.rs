@@ -1,0 +1,248 @@
+//! `hams bench`: the same graph under several fault-tolerance modes, run
+//! interleaved (A B A B ...) in one invocation, compared by ratios measured in
+//! the same run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use hams_dataflow::{Graph, Mode};
+use hams_operators::model::{self, Input};
+use serde_json::{json, Value};
+
+use crate::cli::BenchArgs;
+
+/// Median of `xs` (0 when empty).
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// One `hams run` of the benchmark as a child process; its JSON summary.
+fn run_once(args: &BenchArgs, mode: Mode, data: &Path) -> Result<Value> {
+    let exe = std::env::current_exe().context("locating the hams binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run").args(["--mode", &mode.to_string(), "--json", "-q"]);
+    cmd.args(["--requests", &args.requests.to_string(), "-w", &args.threads.to_string()]);
+    cmd.args(["--scale", if args.realistic() { "realistic" } else { "small" }]);
+    cmd.arg("--data-dir").arg(data);
+    if let Some(g) = &args.graph {
+        cmd.arg("--graph").arg(g);
+    }
+    if let Some(n) = args.processes {
+        cmd.args(["-n", &n.to_string()]);
+    }
+    if let Some(r) = args.rate {
+        cmd.args(["--rate", &r.to_string()]);
+    }
+    if let Some(s) = args.seed {
+        cmd.args(["--seed", &s.to_string()]);
+    }
+    if args.nondeterministic {
+        cmd.arg("--nondeterministic");
+    }
+    for k in &args.kills {
+        cmd.arg(format!("--kill={k}"));
+    }
+    for h in &args.hangs {
+        cmd.arg(format!("--hang={h}"));
+    }
+    cmd.args(["--checkpoint-ms", &args.checkpoint_ms.to_string()]);
+    let out = cmd.output().context("running hams run")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match line {
+        Some(l) => Ok(serde_json::from_str(l)?),
+        None => bail!(
+            "{mode} run failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
+    }
+}
+
+/// Raw inference: every model's forward passes back to back, in this process, no dataflow.
+/// Returns requests per second through the whole graph on one core.
+pub fn raw_throughput(graph: &Graph, requests: u64) -> Result<f64> {
+    let mut per_request_s = 0.0;
+    for node in &graph.nodes {
+        let spec = &node.spec;
+        let mut m = model::load(spec)?;
+        let rows = node.batch.min(requests as usize).max(1);
+        let state = vec![0.0f32; rows * spec.arch.state_len()];
+        let feats: Vec<f32> = (0..rows * spec.input_len).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+        let tokens: Vec<u32> = (0..rows * spec.input_len).map(|i| (i % 7) as u32).collect();
+        let input = if spec.arch.takes_tokens() {
+            Input::Tokens(&tokens)
+        } else {
+            Input::F32(&feats)
+        };
+        m.forward(rows, input, &state)?; // warm-up
+        let batches = requests.div_ceil(rows as u64).max(3);
+        let t = Instant::now();
+        for _ in 0..batches {
+            m.forward(rows, input, &state)?;
+        }
+        per_request_s += t.elapsed().as_secs_f64() / (batches * rows as u64) as f64;
+    }
+    Ok(if per_request_s > 0.0 { 1.0 / per_request_s } else { 0.0 })
+}
+
+/// Runs the benchmark; prints a table (stderr) and one JSON object (stdout with `--json`).
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    let modes: Vec<Mode> = args
+        .modes
+        .split(',')
+        .map(|m| m.trim().parse::<Mode>().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    if modes.is_empty() {
+        bail!("--modes lists no mode");
+    }
+    let graph = crate::load_graph(
+        args.graph.as_deref(),
+        if args.realistic() {
+            crate::cli::Scale::Realistic
+        } else {
+            crate::cli::Scale::Small
+        },
+    )?;
+    let dir = std::env::temp_dir().join(format!("hams-bench-{}", std::process::id()));
+    let mut runs: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let started = Instant::now();
+    for round in 0..args.rounds.max(1) {
+        for mode in &modes {
+            let data = dir.join(format!("{mode}-{round}"));
+            let s = run_once(args, *mode, &data)?;
+            let _ = std::fs::remove_dir_all(&data);
+            eprintln!(
+                "round {round} {mode:<16} p50 {:>8} us  p99 {:>8} us  {:>8.0} req/s  recovery {:?} ms",
+                s["p50_us"],
+                s["p99_us"],
+                s["throughput_rps"].as_f64().unwrap_or(0.0),
+                s["recovery_ms"]
+            );
+            runs.entry(mode.to_string()).or_default().push(s);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let raw = if args.raw {
+        Some(raw_throughput(&graph, args.requests)?)
+    } else {
+        None
+    };
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mut report = serde_json::Map::new();
+    for (mode, rs) in &runs {
+        let recovery: Vec<f64> = rs
+            .iter()
+            .flat_map(|r| r["recovery_ms"].as_array().cloned().unwrap_or_default())
+            .filter_map(|x| x.as_f64())
+            .collect();
+        let mut m = json!({
+            "rounds": rs.len(),
+            "p50_us": median(rs.iter().map(|r| f(r, "p50_us")).collect()),
+            "p99_us": median(rs.iter().map(|r| f(r, "p99_us")).collect()),
+            "max_us": rs.iter().map(|r| f(r, "max_us")).fold(0.0, f64::max),
+            "throughput_rps": median(rs.iter().map(|r| f(r, "throughput_rps")).collect()),
+            "recovery_ms": recovery,
+            "recovery_ms_median": median(recovery.clone()),
+            "released": rs.iter().map(|r| r["released"].as_u64().unwrap_or(0)).sum::<u64>(),
+            "lost": rs.iter().map(|r| r["lost"].as_u64().unwrap_or(0)).sum::<u64>(),
+            "duplicated": rs.iter().map(|r| r["duplicated"].as_u64().unwrap_or(0)).sum::<u64>(),
+            "consistent": if rs.iter().all(|r| r["consistent"].is_null()) { Value::Null } else { Value::Bool(rs.iter().all(|r| r["consistent"] == true)) },
+            "peak_rss_mb": rs.iter().map(|r| f(r, "peak_rss_mb") + f(r, "executors_rss_mb")).fold(0.0, f64::max),
+        });
+        if let Some(raw) = raw {
+            m["throughput_vs_raw"] = json!(f(&m, "throughput_rps") / raw);
+        }
+        report.insert(mode.clone(), m);
+    }
+    if let Some(none) = report.get("none").cloned() {
+        for (mode, m) in report.iter_mut() {
+            if mode != "none" {
+                let ratio = |k: &str| if f(&none, k) > 0.0 { f(m, k) / f(&none, k) } else { 0.0 };
+                let (p50, p99, thr) = (ratio("p50_us"), ratio("p99_us"), ratio("throughput_rps"));
+                m["p50_ratio"] = json!(p50);
+                m["p99_ratio"] = json!(p99);
+                m["throughput_ratio"] = json!(thr);
+            }
+        }
+    }
+    let mut recovery_ratios = serde_json::Map::new();
+    if let Some(h) = report.get("hams").map(|m| f(m, "recovery_ms_median")).filter(|h| *h > 0.0) {
+        for other in ["checkpoint", "stop-and-buffer"] {
+            if let Some(o) = report.get(other).map(|m| f(m, "recovery_ms_median")).filter(|o| *o > 0.0) {
+                recovery_ratios.insert(format!("{other}/hams"), json!(o / h));
+            }
+        }
+    }
+    // The table.
+    eprintln!(
+        "\n{} ({} requests, {} rounds, {:.1} s){}",
+        graph.name,
+        args.requests,
+        args.rounds,
+        started.elapsed().as_secs_f64(),
+        raw.map(|r| format!(", raw inference {r:.0} req/s")).unwrap_or_default()
+    );
+    eprintln!(
+        "{:<16} {:>9} {:>9} {:>9} {:>10} {:>12} {:>6} {:>6} {:>6} {:>10} {:>8}",
+        "mode", "p50_us", "p99_us", "max_us", "req/s", "recovery_ms", "p50x", "p99x", "thr%", "consistent", "rss_mb"
+    );
+    for mode in &modes {
+        let m = &report[&mode.to_string()];
+        eprintln!(
+            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>12} {:>6} {:>6} {:>6} {:>10} {:>8.0}",
+            mode.to_string(),
+            f(m, "p50_us"),
+            f(m, "p99_us"),
+            f(m, "max_us"),
+            f(m, "throughput_rps"),
+            if m["recovery_ms"].as_array().is_some_and(|a| !a.is_empty()) {
+                format!("{:.1}", f(m, "recovery_ms_median"))
+            } else {
+                "-".into()
+            },
+            m.get("p50_ratio")
+                .map_or("-".into(), |r| format!("{:.3}", r.as_f64().unwrap_or(0.0))),
+            m.get("p99_ratio")
+                .map_or("-".into(), |r| format!("{:.3}", r.as_f64().unwrap_or(0.0))),
+            m.get("throughput_vs_raw")
+                .map_or("-".into(), |r| format!("{:.0}", 100.0 * r.as_f64().unwrap_or(0.0))),
+            m["consistent"].to_string(),
+            f(m, "peak_rss_mb"),
+        );
+    }
+    for (k, v) in &recovery_ratios {
+        eprintln!("recovery {k}: {:.1}x", v.as_f64().unwrap_or(0.0));
+    }
+    if args.json {
+        let out = json!({
+            "graph": graph.name,
+            "requests": args.requests,
+            "rounds": args.rounds,
+            "rate": args.rate,
+            "scale": if args.realistic() { "realistic" } else { "small" },
+            "raw_rps": raw,
+            "modes": report,
+            "recovery_ratios": recovery_ratios,
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
