@@ -89,7 +89,8 @@ pub trait Infer<'scope> {
     ///         ingest_us: 0, view: 0 };
     ///     let reqs = (0..5u64).map(move |s| Envelope { meta: meta(s), values: Values::F32(vec![0.5; 4]), lineage: vec![] });
     ///     let cfg = InferConfig { node: "mlp".into(), index: 1, route: Route::Pinned(0), hosts: vec![0],
-    ///         stateful: false, max_batch: 8, deadline: Duration::from_secs(5), heartbeat: Duration::from_millis(100) };
+    ///         stateful: false, max_batch: 8, deadline: Duration::from_secs(5), heartbeat: Duration::from_millis(100),
+    ///         replicate: false, hold_until_durable: false };
     ///     let control = Control::new(1, [], vec![]);
     ///     let spawn = Rc::new(move |r: &str| Ok(inproc::spawn(&spec, r)));
     ///     reqs.to_stream(scope).container::<Vec<_>>().infer(cfg, control, spawn).ok.capture()
