@@ -62,7 +62,17 @@ fn run_once(args: &BenchArgs, mode: Mode, data: &Path) -> Result<Value> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().rev().find(|l| l.starts_with('{'));
     match line {
-        Some(l) => Ok(serde_json::from_str(l)?),
+        Some(l) => {
+            let v: Value = serde_json::from_str(l)?;
+            if v["consistent"] == false {
+                // Show why: the run printed the checker's report.
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                for l in stderr.lines().skip_while(|l| !l.contains("consistency check failed")).take(12) {
+                    eprintln!("  {mode}: {l}");
+                }
+            }
+            Ok(v)
+        }
         None => bail!(
             "{mode} run failed ({}): {}",
             out.status,

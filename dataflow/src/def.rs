@@ -126,6 +126,12 @@ pub struct NodeDef {
     /// Text embedding width.
     #[serde(default)]
     pub embed: Option<usize>,
+    /// TorchScript module file (`model = "torchscript"`).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// TorchScript state elements per session (0 or absent: stateless).
+    #[serde(default)]
+    pub state: Option<usize>,
     /// Stateful (per-session state): implied by `lstm`/`gru`; stating it is checked.
     #[serde(default)]
     pub stateful: Option<bool>,
@@ -172,6 +178,8 @@ impl NodeDef {
             kernel: None,
             vocab: None,
             embed: None,
+            file: None,
+            state: None,
             stateful: None,
             batch: default_batch(),
             replicas: None,
@@ -179,6 +187,16 @@ impl NodeDef {
             device: default_device(),
             weights: None,
             seed: None,
+        }
+    }
+
+    /// A TorchScript module run by the tch backend; `state` > 0 makes it stateful.
+    pub fn torchscript(name: &str, file: impl Into<PathBuf>, state: usize) -> Self {
+        NodeDef {
+            file: Some(file.into()),
+            state: Some(state),
+            backend: BackendKind::Tch,
+            ..Self::new(name, "torchscript")
         }
     }
 
@@ -346,9 +364,9 @@ impl GraphDef {
         // Weight paths are relative to the graph file.
         if let Some(dir) = path.parent() {
             for n in &mut def.nodes {
-                if let Some(w) = &mut n.weights {
-                    if w.is_relative() {
-                        *w = dir.join(&*w);
+                for path in [&mut n.weights, &mut n.file].into_iter().flatten() {
+                    if path.is_relative() {
+                        *path = dir.join(&*path);
                     }
                 }
             }

@@ -294,9 +294,28 @@ impl Checker<'_> {
                 vocab: need(n.vocab, "vocab")?,
                 embed: need(n.embed, "embed")?,
             },
+            "torchscript" => {
+                let file = n
+                    .file
+                    .clone()
+                    .ok_or_else(|| err("a torchscript model needs `file` (a torch.jit.save module)".into()))?;
+                if !file.exists() {
+                    return Err(err(format!("TorchScript file {} does not exist", file.display())));
+                }
+                if n.backend != hams_operators::model::BackendKind::Tch {
+                    return Err(err("a torchscript model runs on backend = \"tch\"".into()));
+                }
+                if n.weights.is_some() {
+                    return Err(err("a torchscript module carries its own weights; remove `weights`".into()));
+                }
+                Arch::TorchScript {
+                    file,
+                    state: n.state.unwrap_or(0),
+                }
+            }
             other => {
                 return Err(err(format!(
-                    "unknown model {other:?} (expected mlp, cnn1d, cnn2d, lstm, gru or text)"
+                    "unknown model {other:?} (expected mlp, cnn1d, cnn2d, lstm, gru, text or torchscript)"
                 )))
             }
         };
@@ -304,6 +323,12 @@ impl Checker<'_> {
             if hidden.contains(&0) {
                 return Err(err("hidden widths must be > 0".into()));
             }
+        }
+        if !hams_operators::model::backend_available(n.backend) {
+            return Err(err(format!(
+                "backend {:?} is not in this build (rebuild with `--features torch`; see README)",
+                n.backend
+            )));
         }
         if n.output == 0 {
             return Err(err("`output` must be > 0".into()));

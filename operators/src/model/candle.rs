@@ -103,6 +103,7 @@ impl CandleModel {
                 let h2 = z.ones_like()?.sub(&z)?.mul(&n)?.add(&z.mul(&h)?)?;
                 (self.linear(&h2, "head")?, Some(h2))
             }
+            Arch::TorchScript { .. } => unreachable!("refused by model::load"),
             Arch::Text { embed, .. } => {
                 let Input::Tokens(ids) = input else {
                     unreachable!("checked by check_input")

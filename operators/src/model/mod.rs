@@ -31,6 +31,8 @@
 mod candle;
 pub mod noise;
 pub mod spec;
+#[cfg(feature = "torch")]
+mod tch;
 pub mod weights;
 
 pub use spec::{Arch, BackendKind, ModelSpec, Weights};
@@ -63,14 +65,31 @@ pub trait Model: Send {
     fn forward(&mut self, rows: usize, input: Input<'_>, state: &[f32]) -> Result<Forward>;
 }
 
+/// True when this build can run models on `backend`.
+pub fn backend_available(backend: BackendKind) -> bool {
+    match backend {
+        BackendKind::Candle => true,
+        BackendKind::Tch => cfg!(feature = "torch"),
+    }
+}
+
 /// Loads `spec` on its backend.
 pub fn load(spec: &ModelSpec) -> Result<Box<dyn Model>> {
+    if matches!(spec.arch, Arch::TorchScript { .. }) && spec.backend != BackendKind::Tch {
+        return Err(Error::Unsupported {
+            model: spec.name.clone(),
+            reason: "TorchScript modules run on the tch backend (backend = \"tch\")".into(),
+        });
+    }
     let params = weights::resolve(spec)?;
     match spec.backend {
         BackendKind::Candle => Ok(Box::new(candle::CandleModel::new(spec.clone(), &params)?)),
+        #[cfg(feature = "torch")]
+        BackendKind::Tch => Ok(Box::new(tch::TchModel::new(spec.clone(), &params)?)),
+        #[cfg(not(feature = "torch"))]
         BackendKind::Tch => Err(Error::Unsupported {
             model: spec.name.clone(),
-            reason: "the tch backend needs hams built with the `torch` feature".into(),
+            reason: "the tch backend needs hams built with the `torch` feature (see README: libtorch)".into(),
         }),
     }
 }

@@ -50,12 +50,24 @@ pub enum Arch {
         /// Embedding width.
         embed: usize,
     },
+    /// A TorchScript module (`torch.jit.save`), run by the tch backend.
+    /// Stateless: `forward(x[B, in]) -> y[B, out]`. Stateful (`state > 0`):
+    /// `forward(x[B, in], state[B, state]) -> (y[B, out], new_state[B, state])`,
+    /// or one tensor `[B, out + state]` holding both side by side (as a traced
+    /// module must return).
+    #[serde(rename = "torchscript")]
+    TorchScript {
+        /// The `.pt` file.
+        file: PathBuf,
+        /// Elements of one session's state (0: stateless).
+        state: usize,
+    },
 }
 
 impl Arch {
     /// True for models with per-session state.
     pub fn is_stateful(&self) -> bool {
-        matches!(self, Arch::Lstm { .. } | Arch::Gru { .. })
+        self.state_len() > 0
     }
 
     /// Elements of one session's state (0 for stateless models).
@@ -63,6 +75,7 @@ impl Arch {
         match self {
             Arch::Lstm { hidden } => 2 * hidden,
             Arch::Gru { hidden } => *hidden,
+            Arch::TorchScript { state, .. } => *state,
             _ => 0,
         }
     }
@@ -81,6 +94,7 @@ impl Arch {
             Arch::Lstm { .. } => "lstm",
             Arch::Gru { .. } => "gru",
             Arch::Text { .. } => "text",
+            Arch::TorchScript { .. } => "torchscript",
         }
     }
 }

@@ -67,6 +67,8 @@ pub fn layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>, usize)> {
             out.push((format!("{prefix}.bias_hh_l0"), vec![gates * h], h));
             linear(&mut out, "head", h, spec.output_len);
         }
+        // The module file carries its own parameters.
+        Arch::TorchScript { .. } => {}
         Arch::Text { vocab, embed } => {
             // nn.Embedding initialises N(0, 1); a uniform of the same variance keeps init simple.
             out.push(("embedding.weight".into(), vec![*vocab, *embed], 1));
