@@ -48,6 +48,16 @@ fn run_once(args: &BenchArgs, mode: Mode, data: &Path) -> Result<Value> {
     if let Some(s) = args.seed {
         cmd.args(["--seed", &s.to_string()]);
     }
+    if let Some(b) = args.backend {
+        cmd.args([
+            "--backend",
+            if b == hams_operators::model::BackendKind::Tch {
+                "tch"
+            } else {
+                "candle"
+            },
+        ]);
+    }
     if args.nondeterministic {
         cmd.arg("--nondeterministic");
     }
@@ -123,7 +133,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if modes.is_empty() {
         bail!("--modes lists no mode");
     }
-    let graph = crate::load_graph(
+    let mut graph = crate::load_graph(
         args.graph.as_deref(),
         if args.realistic() {
             crate::cli::Scale::Realistic
@@ -131,6 +141,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             crate::cli::Scale::Small
         },
     )?;
+    if let Some(b) = args.backend {
+        crate::set_backend(&mut graph, b)?;
+    }
     let dir = std::env::temp_dir().join(format!("hams-bench-{}", std::process::id()));
     let mut runs: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let started = Instant::now();
@@ -203,8 +216,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     // The table.
     eprintln!(
-        "\n{} ({} requests, {} rounds, {:.1} s){}",
+        "\n{}{} ({} requests, {} rounds, {:.1} s){}",
         graph.name,
+        args.backend.map(|b| format!(" on {b:?}")).unwrap_or_default(),
         args.requests,
         args.rounds,
         started.elapsed().as_secs_f64(),

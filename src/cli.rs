@@ -80,6 +80,9 @@ pub struct BenchArgs {
     /// Request generator seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run every zoo model on this backend (candle, or tch with the `torch` feature).
+    #[arg(long)]
+    pub backend: Option<hams_operators::model::BackendKind>,
     /// Model sizes.
     #[arg(long, value_enum, default_value_t = Scale::Small)]
     pub scale: Scale,
@@ -217,6 +220,9 @@ pub struct RunArgs {
     /// Seed of the request generator (default: the graph's).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run every zoo model on this backend (candle, or tch with the `torch` feature).
+    #[arg(long)]
+    pub backend: Option<hams_operators::model::BackendKind>,
     /// Fault-tolerance protocol: hams, none (bare), stop-and-buffer, checkpoint.
     #[arg(long, default_value = "hams")]
     pub mode: hams_dataflow::Mode,

@@ -78,10 +78,26 @@ fn read_hostfile(path: &Path) -> Result<Vec<String>> {
     Ok(hosts)
 }
 
+/// Puts every zoo model of `graph` on `backend` (TorchScript nodes stay on tch).
+pub fn set_backend(graph: &mut Graph, backend: hams_operators::model::BackendKind) -> Result<()> {
+    if !hams_operators::model::backend_available(backend) {
+        bail!("backend {backend:?} is not in this build (rebuild with `--features torch`; see README)");
+    }
+    for n in &mut graph.nodes {
+        if !matches!(n.spec.arch, hams_operators::model::Arch::TorchScript { .. }) {
+            n.spec.backend = backend;
+        }
+    }
+    Ok(())
+}
+
 fn run(args: RunArgs) -> Result<ExitCode> {
     let mut graph = load_graph(args.graph.as_deref(), args.scale)?;
     if let Some(seed) = args.seed {
         graph.source.seed = seed;
+    }
+    if let Some(b) = args.backend {
+        set_backend(&mut graph, b)?;
     }
     let hosts = match &args.hostfile {
         Some(h) => Some(read_hostfile(h)?),

@@ -120,6 +120,17 @@ pub enum BackendKind {
     Tch,
 }
 
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "candle" => Ok(BackendKind::Candle),
+            "tch" | "torch" => Ok(BackendKind::Tch),
+            other => Err(format!("unknown backend {other:?} (expected candle or tch)")),
+        }
+    }
+}
+
 /// Everything needed to instantiate one model in an executor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
