@@ -156,6 +156,9 @@ pub struct RunArgs {
     /// Offered load in requests/s over all workers (open loop). Default: closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Kafka source: consume up to the topic's end offsets at start, then finish.
+    #[arg(long)]
+    pub drain: bool,
     /// Read requests from a file of JSON lines instead of generating them.
     #[arg(long, conflicts_with = "requests")]
     pub input: Option<PathBuf>,

@@ -142,6 +142,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             Feed::Lines(std::sync::Arc::new(lines))
         }
         None if graph.source.kind == hams_dataflow::SourceKind::Log => Feed::None,
+        None if graph.source.kind == hams_dataflow::SourceKind::Kafka => Feed::Kafka { drain: args.drain },
         None => Feed::Generate {
             total: (args.requests > 0).then_some(args.requests),
             rate: args.rate,
@@ -331,15 +332,7 @@ fn results(args: &cli::ResultsArgs) -> Result<ExitCode> {
             if args.errors && rec.outcome.is_ok() {
                 continue;
             }
-            let outcome = match &rec.outcome {
-                Ok(v) => serde_json::json!({ "output": v }),
-                Err(e) => serde_json::json!({ "error": { "node": e.node, "kind": format!("{:?}", e.kind), "message": e.message } }),
-            };
-            let line = serde_json::json!({
-                "seq": rec.seq, "session": rec.session, "epoch": rec.epoch,
-                "latency_us": rec.release_us.saturating_sub(rec.ingest_us), "result": outcome,
-                "lineage": rec.lineage.iter().map(|t| serde_json::json!([t.model, t.incarnation, t.epoch, format!("{:016x}", t.fingerprint)])).collect::<Vec<_>>(),
-            });
+            let line = hams_dataflow::kafka::result_json(&rec);
             use std::io::Write;
             writeln!(out, "{line}")?;
         }

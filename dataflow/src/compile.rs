@@ -60,6 +60,8 @@ pub(crate) struct Plan {
     pub retain_outputs: u64,
     pub mode: Mode,
     pub checkpoint_every: Duration,
+    /// Per home partition: output records from here on are not yet published to Kafka.
+    pub keep_outputs_from: BTreeMap<u32, Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Plan {
@@ -216,6 +218,11 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
             sync: plan.sync,
             released: released.clone(),
             retain_outputs: plan.retain_outputs,
+            keep_from: plan
+                .keep_outputs_from
+                .get(&(index as u32))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX))),
         };
         let sinks = results.release(failures, durable.iter().map(|(m, s)| (*m, s.clone())).collect(), sink)?;
         let recovers = scope.concatenate(notices).coordinate(coordinator, fault_log.clone());

@@ -40,6 +40,8 @@ pub enum SourceKind {
     Generator,
     /// Requests already in (or appended to) the embedded source topic.
     Log,
+    /// A Kafka topic (`brokers`, `topic`).
+    Kafka,
 }
 
 fn default_session_len() -> u32 {
@@ -70,6 +72,12 @@ pub struct SourceDef {
     /// Generator seed.
     #[serde(default)]
     pub seed: u64,
+    /// Kafka bootstrap brokers (`kind = "kafka"`).
+    #[serde(default)]
+    pub brokers: Vec<String>,
+    /// Kafka topic of requests (`kind = "kafka"`).
+    #[serde(default)]
+    pub topic: Option<String>,
 }
 
 /// Hidden sizes: a list for MLPs, one width for recurrent models.
@@ -161,6 +169,9 @@ pub struct NodeDef {
 pub struct SinkDef {
     /// Nodes whose outputs are the result (several are joined by `seq`).
     pub inputs: Vec<String>,
+    /// Also publish every released result to this Kafka topic (exactly once, keyed by `seq`).
+    #[serde(default)]
+    pub kafka: Option<crate::kafka::KafkaTopic>,
 }
 
 impl NodeDef {
@@ -301,6 +312,8 @@ impl SourceDef {
             sessions: 0,
             session_len: default_session_len(),
             seed: 0,
+            brokers: Vec::new(),
+            topic: None,
         }
     }
     /// Generated token requests of `len` ids below `vocab`.
@@ -331,7 +344,10 @@ impl GraphDef {
             name: name.into(),
             source,
             nodes: Vec::new(),
-            sink: SinkDef { inputs: Vec::new() },
+            sink: SinkDef {
+                inputs: Vec::new(),
+                kafka: None,
+            },
         }
     }
     /// Adds a model node.

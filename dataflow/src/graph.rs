@@ -65,6 +65,8 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Inputs of the sink.
     pub sink: Vec<Input>,
+    /// Kafka topic the released results also go to.
+    pub sink_kafka: Option<crate::kafka::KafkaTopic>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -108,6 +110,14 @@ impl Checker<'_> {
         }
         if src.input == ElemType::Tokens && src.vocab.is_none() {
             return Err(self.node_err("source", "token input needs a `vocab`"));
+        }
+        if src.kind == crate::def::SourceKind::Kafka && (src.brokers.is_empty() || src.topic.as_deref().is_none_or(str::is_empty)) {
+            return Err(self.node_err("source", "a kafka source needs `brokers` and `topic`"));
+        }
+        if let Some(k) = &def.sink.kafka {
+            if k.brokers.is_empty() || k.topic.is_empty() {
+                return Err(self.node_err("sink", "kafka needs `brokers` and `topic`"));
+            }
         }
         if src.sessions > 0 && src.session_len == 0 {
             return Err(self.node_err("source", "session_len must be at least 1"));
@@ -200,6 +210,7 @@ impl Checker<'_> {
             source: src.clone(),
             nodes,
             sink: sink_edges.iter().map(map).collect(),
+            sink_kafka: def.sink.kafka.clone(),
         })
     }
 

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`def`]: graph definitions (TOML and builder).
 //! - [`graph`]: validation into a checked graph with inferred shapes.
+//! - [`kafka`]: the Kafka source and the exactly-once Kafka publisher.
 //! - [`mode`]: the fault-tolerance protocols (hams and the baselines).
 //! - [`placement`]: which worker hosts which executor.
 //! - [`compile`]: one worker's timely dataflow for a graph.
@@ -22,6 +23,7 @@ pub mod compile;
 pub mod def;
 pub mod error;
 pub mod graph;
+pub mod kafka;
 pub mod mode;
 pub mod placement;
 pub mod reference;

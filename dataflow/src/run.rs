@@ -244,6 +244,19 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
     let store = Store::open(&dir)?;
     crate::verify::record_nodes(&store, config.graph.nodes.iter().map(|n| n.spec.name.clone()).collect())?;
+    // Results also go to Kafka: one publisher for this process's home partitions.
+    let publisher = match &config.graph.sink_kafka {
+        Some(topic) => {
+            let first = (config.timely.process * cluster.threads) as u32;
+            let parts = (first..first + cluster.threads as u32).collect();
+            Some(Arc::new(crate::kafka::Publisher::connect(topic, store.clone(), parts)?))
+        }
+        None => None,
+    };
+    let keep_outputs_from = publisher
+        .as_ref()
+        .map(|p| (0..cluster.workers() as u32).map(|w| (w, p.floor(w))).collect())
+        .unwrap_or_default();
     let placement = place(&config.graph, cluster);
     if config.timely.process == 0 {
         tracing::info!(graph = %config.graph.name, "placement:\n{placement}");
@@ -261,10 +274,24 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         retain_outputs: config.retain_outputs,
         mode: config.mode,
         checkpoint_every: config.checkpoint_every,
+        keep_outputs_from,
     });
     let config = Arc::new(config);
     let timely_config = config.timely.config();
     let (verify, data_dir, process, mode) = (config.verify, config.data_dir.clone(), config.timely.process, config.mode);
+    let publishing = Arc::new(AtomicBool::new(true));
+    let publish_thread = publisher.clone().map(|p| {
+        let on = publishing.clone();
+        std::thread::spawn(move || {
+            while on.load(Ordering::SeqCst) {
+                if let Err(e) = p.publish() {
+                    tracing::error!(error = %e, "publishing results to Kafka failed; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    });
     let guards = {
         // Timely prints connection progress on stdout; keep stdout for results.
         let _redirect = StdoutToStderr::new();
@@ -278,6 +305,14 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
             Ok(Err(e)) => return Err(e),
             Err(panic) => return Err(Error::Timely(format!("worker failed: {panic}"))),
         }
+    }
+    publishing.store(false, Ordering::SeqCst);
+    if let Some(t) = publish_thread {
+        let _ = t.join();
+    }
+    if let Some(p) = &publisher {
+        // Everything committed goes out before the run reports.
+        while p.publish()? > 0 {}
     }
     if let Some(s) = summary.as_mut() {
         s.mode = mode.to_string();

@@ -30,6 +30,11 @@ pub enum Feed {
     Lines(Arc<Vec<Vec<u8>>>),
     /// Nothing new: only what the log already holds.
     None,
+    /// The graph's Kafka source topic; with `drain`, up to its end offsets at start.
+    Kafka {
+        /// Stop once the topic's end offsets at start are reached.
+        drain: bool,
+    },
 }
 
 /// One worker's ingestion.
@@ -48,6 +53,7 @@ pub(crate) struct Ingest {
     control: ControlRef,
     released: Rc<RefCell<Released>>,
     view: u64,
+    kafka: Option<crate::kafka::KafkaFeed>,
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -69,6 +75,22 @@ impl Ingest {
         control: ControlRef,
         released: Rc<RefCell<Released>>,
     ) -> Result<Self> {
+        let kafka = match (&feed, &graph.source) {
+            (Feed::Kafka { drain }, s) => {
+                let topic = crate::kafka::KafkaTopic {
+                    brokers: s.brokers.clone(),
+                    topic: s.topic.clone().unwrap_or_default(),
+                };
+                Some(crate::kafka::KafkaFeed::start(
+                    &topic,
+                    &store,
+                    partition as usize,
+                    partitions as usize,
+                    *drain,
+                )?)
+            }
+            _ => None,
+        };
         let log = Log::new(store, Cf::Source);
         let next_offset = log.end_offset(partition)?;
         let mut ingest = Ingest {
@@ -82,6 +104,7 @@ impl Ingest {
             control,
             released,
             view: 0,
+            kafka,
             log,
             next_offset,
             backlog: VecDeque::new(),
@@ -135,6 +158,7 @@ impl Ingest {
                 Feed::Generate { total, .. } => total.is_some_and(|t| self.made >= self.share(t)),
                 Feed::Lines(lines) => self.global(self.made) >= lines.len() as u64,
                 Feed::None => true,
+                Feed::Kafka { .. } => self.kafka.as_ref().is_some_and(|k| k.drained()),
             }
     }
 
@@ -174,6 +198,19 @@ impl Ingest {
         }
         let mut batch = Batch::new();
         let now = now_us();
+        if let Some(k) = self.kafka.as_mut() {
+            // Accept fetched Kafka records: logged with their new position, in one batch.
+            for f in k.take(budget.saturating_sub(out.len()), self.log.store(), &mut batch) {
+                tracing::trace!(partition = f.partition, offset = f.offset, "accepted from Kafka");
+                let rec = SourceRecord {
+                    ingest_us: now,
+                    bytes: f.bytes,
+                };
+                self.log.append(&mut batch, self.partition, self.next_offset, &rec);
+                out.push((self.next_offset, rec));
+                self.next_offset += 1;
+            }
+        }
         while out.len() < budget && !self.exhausted() {
             let k = self.made;
             let (bytes, ingest_us) = match &self.feed {
@@ -187,7 +224,7 @@ impl Ingest {
                     (req.encode_binary(), due.map_or(now, |d| run_start_us + d))
                 }
                 Feed::Lines(lines) => (lines[self.global(k) as usize].clone(), now),
-                Feed::None => break,
+                Feed::None | Feed::Kafka { .. } => break,
             };
             let rec = SourceRecord { ingest_us, bytes };
             self.log.append(&mut batch, self.partition, self.next_offset, &rec);

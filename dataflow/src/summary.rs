@@ -176,18 +176,6 @@ pub struct Summary {
     pub executors_rss_mb: f64,
 }
 
-/// Peak resident set size of process `pid` (`self` for this one), MiB, from /proc.
-pub fn peak_rss_mb(pid: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// One planned fault in the summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FaultReport {
@@ -234,7 +222,7 @@ impl Summary {
             recovery_ms: faults.iter().filter_map(|f| f.recovery_ms).collect(),
             faults,
             consistent: None,
-            peak_rss_mb: peak_rss_mb("self"),
+            peak_rss_mb: hams_operators::metrics::peak_rss_mb("self"),
             executors_rss_mb: 0.0,
         }
     }

@@ -57,6 +57,18 @@ pub struct Metrics {
     phases: Mutex<BTreeMap<u64, BTreeMap<Phase, u64>>>,
 }
 
+/// Peak resident set size of process `pid` (`"self"` for this one), MiB, from /proc (0 if unknown).
+pub fn peak_rss_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// The metrics of this process.
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();

@@ -102,6 +102,20 @@ impl Batch {
     }
 }
 
+/// True when `dir` carries this build's format marker, false when it has none;
+/// another version's marker is an error.
+fn check_marker(dir: &Path) -> Result<bool> {
+    match fs::read_to_string(dir.join(FORMAT_FILE)) {
+        Ok(found) if found.trim() == FORMAT => Ok(true),
+        Ok(found) => Err(Error::Version {
+            path: dir.to_path_buf(),
+            found: found.trim().chars().take(80).collect(),
+            expected: FORMAT,
+        }),
+        Err(_) => Ok(false),
+    }
+}
+
 impl Store {
     /// Opens (creating when absent or empty) the data directory `dir`.
     ///
@@ -123,16 +137,9 @@ impl Store {
             fs::create_dir_all(dir).map_err(io)?;
             fs::write(&marker, format!("{FORMAT}\n")).map_err(io)?;
         } else {
-            match fs::read_to_string(&marker) {
-                Ok(found) if found.trim() == FORMAT => {}
-                Ok(found) => {
-                    return Err(Error::Version {
-                        path: dir.to_path_buf(),
-                        found: found.trim().chars().take(80).collect(),
-                        expected: FORMAT,
-                    })
-                }
-                Err(_) => {
+            match check_marker(dir)? {
+                true => {}
+                false => {
                     let names: Vec<String> = fs::read_dir(dir)
                         .map_err(io)?
                         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -184,21 +191,11 @@ impl Store {
     /// have it open for writing); used by the verifier.
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Arc<Store>> {
         let dir = dir.as_ref();
-        match fs::read_to_string(dir.join(FORMAT_FILE)) {
-            Ok(found) if found.trim() == FORMAT => {}
-            Ok(found) => {
-                return Err(Error::Version {
-                    path: dir.to_path_buf(),
-                    found: found.trim().chars().take(80).collect(),
-                    expected: FORMAT,
-                })
-            }
-            Err(_) => {
-                return Err(Error::Foreign {
-                    path: dir.to_path_buf(),
-                    found: format!("no {FORMAT_FILE} marker"),
-                })
-            }
+        if !check_marker(dir)? {
+            return Err(Error::Foreign {
+                path: dir.to_path_buf(),
+                found: format!("no {FORMAT_FILE} marker"),
+            });
         }
         let path = dir.join(DB_DIR);
         let cfs = Cf::ALL.map(|cf| cf.name());

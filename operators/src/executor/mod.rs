@@ -149,14 +149,7 @@ impl ExecutorHandle {
         if !self.is_isolated() || pid == 0 {
             return 0.0;
         }
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| kb / 1024.0)
+        crate::metrics::peak_rss_mb(&pid.to_string())
     }
 
     /// Sends `signal` to the executor process (fault injection); no-op in-process.

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::spec::{Arch, ModelSpec};
 use super::weights::Params;
-use super::{check_input, Forward, Input, Model};
+use super::{prepare, Forward, Input, Model};
 use crate::error::{Error, Result};
 
 pub(crate) struct CandleModel {
@@ -167,12 +167,8 @@ impl Model for CandleModel {
     }
 
     fn forward(&mut self, rows: usize, input: Input<'_>, state: &[f32]) -> Result<Forward> {
-        check_input(&self.spec, rows, input, state)?;
-        if rows == 0 {
-            return Ok(Forward {
-                output: Vec::new(),
-                state: Vec::new(),
-            });
+        if let Some(empty) = prepare(&self.spec, rows, input, state)? {
+            return Ok(empty);
         }
         self.run(rows, input, state).map_err(|e| be(&self.spec, e))
     }

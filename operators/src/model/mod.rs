@@ -94,6 +94,15 @@ pub fn load(spec: &ModelSpec) -> Result<Box<dyn Model>> {
     }
 }
 
+/// Checks a batch before a backend runs it; `Some` is the (empty) answer to an empty batch.
+pub(crate) fn prepare(spec: &ModelSpec, rows: usize, input: Input<'_>, state: &[f32]) -> Result<Option<Forward>> {
+    check_input(spec, rows, input, state)?;
+    Ok((rows == 0).then(|| Forward {
+        output: Vec::new(),
+        state: Vec::new(),
+    }))
+}
+
 /// Checks that `input` has the element type and count `spec` expects for `rows` requests.
 pub fn check_input(spec: &ModelSpec, rows: usize, input: Input<'_>, state: &[f32]) -> Result<()> {
     let err = |reason: String| Error::Input {

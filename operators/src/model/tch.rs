@@ -7,7 +7,7 @@ use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use super::spec::{Arch, ModelSpec};
 use super::weights::Params;
-use super::{check_input, Forward, Input, Model};
+use super::{prepare, Forward, Input, Model};
 use crate::error::{Error, Result};
 
 enum Net {
@@ -284,12 +284,8 @@ impl Model for TchModel {
     }
 
     fn forward(&mut self, rows: usize, input: Input<'_>, state: &[f32]) -> Result<Forward> {
-        check_input(&self.spec, rows, input, state)?;
-        if rows == 0 {
-            return Ok(Forward {
-                output: Vec::new(),
-                state: Vec::new(),
-            });
+        if let Some(empty) = prepare(&self.spec, rows, input, state)? {
+            return Ok(empty);
         }
         self.run(rows, input, state).map_err(|e| err(&self.spec, e))
     }

@@ -67,6 +67,9 @@ pub struct SinkConfig {
     pub released: Rc<RefCell<Released>>,
     /// Output records kept per partition (older ones are garbage-collected).
     pub retain_outputs: u64,
+    /// Output records from this offset on are never garbage-collected (a
+    /// publisher has not shipped them yet); `u64::MAX` when there is none.
+    pub keep_from: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Advance of a partition's released watermark (every offset below is released).
@@ -113,6 +116,7 @@ struct Ledger {
     /// First output offset still stored.
     out_first: u64,
     retain_outputs: u64,
+    keep_from: Arc<std::sync::atomic::AtomicU64>,
     /// This run's output records removed by retention (each a distinct release).
     gced_outputs: u64,
     src_start: u64,
@@ -140,6 +144,7 @@ impl Ledger {
             next_out,
             out_first,
             retain_outputs: config.retain_outputs.max(1),
+            keep_from: config.keep_from.clone(),
             gced_outputs: 0,
             src_start,
             out_start: next_out,
@@ -174,7 +179,8 @@ impl Ledger {
                 .truncate(&mut batch, self.partition, released.watermark(), staged.watermark());
         }
         let end = self.next_out + fresh.len() as u64;
-        let first = end.saturating_sub(self.retain_outputs).max(self.out_first);
+        let floor = self.keep_from.load(std::sync::atomic::Ordering::SeqCst);
+        let first = end.saturating_sub(self.retain_outputs).min(floor).max(self.out_first);
         if first > self.out_first {
             self.output.truncate(&mut batch, self.partition, self.out_first, first);
         }
