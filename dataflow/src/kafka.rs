@@ -91,6 +91,20 @@ fn position_key(topic: &str, partition: i32) -> Vec<u8> {
     format!("kafka/in/{topic}/{partition}").into_bytes()
 }
 
+/// One past the last record of a partition, found by reading to the end from
+/// `from`: brokers differ in what "latest offset" means for batched records
+/// (some report the last batch's base offset), so count what is there.
+async fn end_offset(pc: &PartitionClient, from: i64) -> std::result::Result<i64, rskafka::client::error::Error> {
+    let mut end = from;
+    loop {
+        let (records, _) = pc.fetch_records(end, 1..4_000_000, 100).await?;
+        match records.iter().map(|r| r.offset).max() {
+            Some(last) if last >= end => end = last + 1,
+            _ => return Ok(end),
+        }
+    }
+}
+
 /// One fetched Kafka record.
 #[derive(Debug)]
 pub(crate) struct Fetched {
@@ -125,8 +139,9 @@ impl KafkaFeed {
             positions.insert(p, start);
             if drain {
                 let end = runtime()
-                    .block_on(pc.get_offset(OffsetAt::Latest))
+                    .block_on(end_offset(&pc, start))
                     .map_err(|e| kafka_err(&t, "end offset", e))?;
+                tracing::info!(topic = %t.topic, partition = p, start, end, "draining Kafka partition");
                 targets.insert(p, end);
             }
             let tx = tx.clone();
@@ -213,7 +228,8 @@ struct Published {
 /// A result as published to Kafka (the same JSON as `hams results`).
 pub fn result_json(rec: &OutputRecord) -> serde_json::Value {
     let result = match &rec.outcome {
-        Ok(v) => serde_json::json!({ "output": v }),
+        Ok(hams_storage::Values::F32(v)) => serde_json::json!({ "output": v }),
+        Ok(hams_storage::Values::Tokens(t)) => serde_json::json!({ "output": t }),
         Err(e) => serde_json::json!({ "error": { "node": e.node, "kind": format!("{:?}", e.kind), "message": e.message } }),
     };
     serde_json::json!({
