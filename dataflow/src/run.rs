@@ -343,6 +343,15 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
         handles.control.clone(),
         handles.released.clone(),
     )?;
+    // Let the operators start their executors, and wait for the models to load, so
+    // the first requests do not measure model loading.
+    let loading_deadline = Instant::now() + hams_operators::executor::LOAD_DEADLINE;
+    for _ in 0..3 {
+        worker.step();
+    }
+    while hams_operators::executor::loading() > 0 && Instant::now() < loading_deadline {
+        worker.step_or_park(Some(Duration::from_millis(5)));
+    }
     // Start the clocks together so epochs line up across workers.
     timely::synchronization::Barrier::new(worker).wait();
     let start = Instant::now();

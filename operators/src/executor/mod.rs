@@ -45,6 +45,17 @@ pub enum Event {
     },
 }
 
+/// How long an executor may take to load its model before it counts as hung.
+pub const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Executors of this process started and not yet ready (or dead).
+static LOADING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Number of executors of this process still loading their models.
+pub fn loading() -> usize {
+    LOADING.load(Ordering::SeqCst)
+}
+
 /// Called whenever an event is queued, to wake the operator that polls it.
 pub type Wake = Box<dyn Fn() + Send>;
 
@@ -59,6 +70,7 @@ pub struct ExecutorHandle {
 /// State shared between the handle and the tasks that feed it.
 pub(crate) struct Shared {
     pub(crate) pid: AtomicU32,
+    ready: std::sync::atomic::AtomicBool,
     pub(crate) isolated: bool,
     wake: Mutex<Option<Wake>>,
     events: Mutex<mpsc::Sender<Event>>,
@@ -66,9 +78,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(isolated: bool) -> (Arc<Shared>, mpsc::Receiver<Event>) {
+        LOADING.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel();
         let shared = Shared {
             pid: AtomicU32::new(0),
+            ready: std::sync::atomic::AtomicBool::new(false),
             isolated,
             wake: Mutex::new(None),
             events: Mutex::new(tx),
@@ -78,8 +92,17 @@ impl Shared {
 
     /// Queues `event` and wakes the consumer.
     pub(crate) fn emit(&self, event: Event) {
-        if let Event::Ready { pid } = event {
-            self.pid.store(pid, Ordering::SeqCst);
+        match event {
+            Event::Ready { pid } => {
+                self.pid.store(pid, Ordering::SeqCst);
+                if !self.ready.swap(true, Ordering::SeqCst) {
+                    LOADING.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            Event::Died { .. } if !self.ready.swap(true, Ordering::SeqCst) => {
+                LOADING.fetch_sub(1, Ordering::SeqCst);
+            }
+            _ => {}
         }
         // A dropped handle means nobody listens any more; that is fine.
         let _ = self.events.lock().expect("poisoned").send(event);
@@ -116,6 +139,12 @@ impl ExecutorHandle {
     /// Process id once ready (0 before).
     pub fn pid(&self) -> u32 {
         self.shared.pid.load(Ordering::SeqCst)
+    }
+
+    /// True once the model is loaded and the executor serves (a loading
+    /// executor is slow, not hung).
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::SeqCst)
     }
 
     /// True when the executor is a separate OS process.

@@ -93,6 +93,9 @@ pub fn spawn(spec: &ModelSpec, replica: &str, launch: &Launch) -> Result<Executo
         .env(ENV_SOCKET, &path)
         .env(ENV_SPEC, spec_json)
         .env("RAYON_NUM_THREADS", launch.threads.to_string())
+        // libtorch's OpenMP pools spin per process: one thread each, or a dozen executors fight over the cores.
+        .env("OMP_NUM_THREADS", launch.threads.to_string())
+        .env("MKL_NUM_THREADS", launch.threads.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -129,6 +129,8 @@ struct Serving {
     last_seen: Instant,
     /// Faults injected into this executor whose recovery is still to report.
     recovering: Vec<usize>,
+    /// When it was first seen ready (model loaded).
+    ready_since: Option<Instant>,
 }
 
 impl Serving {
@@ -141,6 +143,7 @@ impl Serving {
             ping: None,
             last_seen: Instant::now(),
             recovering: Vec::new(),
+            ready_since: None,
         }
     }
 }
@@ -490,7 +493,21 @@ impl State {
         let Some(s) = self.serving.as_mut().filter(|s| !s.dead) else {
             return;
         };
-        let oldest = s.in_flight.values().map(|f| f.sent).min();
+        // Deadlines run from when the executor had its model loaded: loading is slow, not hung.
+        let ready = match s.ready_since {
+            Some(t) => t,
+            None if s.executor.is_ready() => *s.ready_since.insert(Instant::now()),
+            None if s.last_seen.elapsed() > crate::executor::LOAD_DEADLINE => {
+                tracing::warn!(executor = s.executor.name(), deadline = ?crate::executor::LOAD_DEADLINE, "executor never finished loading; killing it");
+                s.executor.signal(libc::SIGKILL);
+                return;
+            }
+            None => {
+                activator.activate_after(heartbeat.max(Duration::from_millis(1)));
+                return;
+            }
+        };
+        let oldest = s.in_flight.values().map(|f| f.sent.max(ready)).min();
         let waiting_since = match (oldest, s.ping) {
             (Some(o), Some((_, p))) => Some(o.min(p)),
             (o, p) => o.or(p.map(|(_, t)| t)),
