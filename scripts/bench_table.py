@@ -9,8 +9,8 @@ def f(x, fmt="{:.0f}"):
 
 def latency(scale):
     print(f"\n#### Latency, open loop at 1000 req/s ({scale} models; median of 5 interleaved rounds)\n")
-    print("| graph | mode | p50 µs | p99 µs | p50 ratio | p99 ratio | consistent |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| graph | mode | mean µs | p50 µs (range over rounds) | p99 µs | mean ratio | p50 ratio | p99 ratio | consistent |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if r.get("bench") != "latency" or r["scale"] != scale:
             continue
@@ -18,7 +18,9 @@ def latency(scale):
             m = r["modes"].get(mode)
             if not m:
                 continue
-            print(f"| {r['graph']} | {mode} | {f(m['p50_us'])} | {f(m['p99_us'])} | {f(m.get('p50_ratio'), '{:.3f}')} | {f(m.get('p99_ratio'), '{:.3f}')} | {m['consistent']} |")
+            lo, hi = m.get("p50_us_range", [None, None])
+            spread = f" ({f(lo)}–{f(hi)})" if lo is not None else ""
+            print(f"| {r['graph']} | {mode} | {f(m.get('mean_us'))} | {f(m['p50_us'])}{spread} | {f(m['p99_us'])} | {f(m.get('mean_ratio'), '{:.3f}')} | {f(m.get('p50_ratio'), '{:.3f}')} | {f(m.get('p99_ratio'), '{:.3f}')} | {m['consistent']} |")
 
 def recovery(scale):
     print(f"\n#### Recovery and throughput, closed loop, one stateful primary killed mid-run ({scale} models; 3 rounds)\n")
@@ -49,3 +51,12 @@ if mem:
     print("|---:|---:|")
     for r in mem:
         print(f"| {r['requests']} | {f(r['modes']['hams']['peak_rss_mb'], '{:.1f}')} |")
+
+back = [r for r in rows if r.get("bench") == "backend"]
+if back:
+    print("\n#### candle vs tch on CPU (same weights; mode none, closed loop, 3 rounds)\n")
+    print("| graph | scale | backend | raw inference req/s | full system req/s | system vs raw | p50 µs | peak RSS MiB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for r in back:
+        m = r["modes"]["none"]
+        print(f"| {r['graph']} | {r['scale']} | {r['backend']} | {f(r.get('raw_rps'))} | {f(m['throughput_rps'])} | {f(100 * m['throughput_vs_raw'], '{:.0f}%')} | {f(m['p50_us'])} | {f(m['peak_rss_mb'])} |")

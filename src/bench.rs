@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hams_dataflow::{Graph, Mode};
@@ -113,12 +113,17 @@ pub fn raw_throughput(graph: &Graph, requests: u64) -> Result<f64> {
             Input::F32(&feats)
         };
         m.forward(rows, input, &state)?; // warm-up
-        let batches = requests.div_ceil(rows as u64).max(3);
-        let t = Instant::now();
-        for _ in 0..batches {
-            m.forward(rows, input, &state)?;
+                                         // A limit is best estimated by the fastest of several long-enough tries.
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let (t, mut batches) = (Instant::now(), 0u64);
+            while batches < 3 || batches * (rows as u64) < requests || t.elapsed() < Duration::from_millis(100) {
+                m.forward(rows, input, &state)?;
+                batches += 1;
+            }
+            best = best.min(t.elapsed().as_secs_f64() / (batches * rows as u64) as f64);
         }
-        per_request_s += t.elapsed().as_secs_f64() / (batches * rows as u64) as f64;
+        per_request_s += best;
     }
     Ok(if per_request_s > 0.0 { 1.0 / per_request_s } else { 0.0 })
 }
@@ -153,11 +158,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             let s = run_once(args, *mode, &data)?;
             let _ = std::fs::remove_dir_all(&data);
             eprintln!(
-                "round {round} {mode:<16} p50 {:>8} us  p99 {:>8} us  {:>8.0} req/s  recovery {:?} ms",
+                "round {round} {mode:<16} mean {:>8} us  p50 {:>8} us  p99 {:>8} us  {:>8.0} req/s  recovery {} ms",
+                s["mean_us"],
                 s["p50_us"],
                 s["p99_us"],
                 s["throughput_rps"].as_f64().unwrap_or(0.0),
-                s["recovery_ms"]
+                s["recovery_ms"].to_string()
             );
             runs.entry(mode.to_string()).or_default().push(s);
         }
@@ -178,7 +184,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             .collect();
         let mut m = json!({
             "rounds": rs.len(),
+            "mean_us": median(rs.iter().map(|r| f(r, "mean_us")).collect()),
             "p50_us": median(rs.iter().map(|r| f(r, "p50_us")).collect()),
+            // Run-to-run spread of the median, to judge a ratio against the noise.
+            "p50_us_range": [
+                rs.iter().map(|r| f(r, "p50_us")).fold(f64::INFINITY, f64::min),
+                rs.iter().map(|r| f(r, "p50_us")).fold(0.0, f64::max),
+            ],
             "p99_us": median(rs.iter().map(|r| f(r, "p99_us")).collect()),
             "max_us": rs.iter().map(|r| f(r, "max_us")).fold(0.0, f64::max),
             "throughput_rps": median(rs.iter().map(|r| f(r, "throughput_rps")).collect()),
@@ -199,7 +211,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         for (mode, m) in report.iter_mut() {
             if mode != "none" {
                 let ratio = |k: &str| if f(&none, k) > 0.0 { f(m, k) / f(&none, k) } else { 0.0 };
-                let (p50, p99, thr) = (ratio("p50_us"), ratio("p99_us"), ratio("throughput_rps"));
+                let (mean, p50, p99, thr) = (ratio("mean_us"), ratio("p50_us"), ratio("p99_us"), ratio("throughput_rps"));
+                m["mean_ratio"] = json!(mean);
                 m["p50_ratio"] = json!(p50);
                 m["p99_ratio"] = json!(p99);
                 m["throughput_ratio"] = json!(thr);
@@ -225,14 +238,15 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         raw.map(|r| format!(", raw inference {r:.0} req/s")).unwrap_or_default()
     );
     eprintln!(
-        "{:<16} {:>9} {:>9} {:>9} {:>10} {:>12} {:>6} {:>6} {:>6} {:>10} {:>8}",
-        "mode", "p50_us", "p99_us", "max_us", "req/s", "recovery_ms", "p50x", "p99x", "thr%", "consistent", "rss_mb"
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8}",
+        "mode", "mean_us", "p50_us", "p99_us", "max_us", "req/s", "recovery_ms", "meanx", "p50x", "p99x", "thr%", "consistent", "rss_mb"
     );
     for mode in &modes {
         let m = &report[&mode.to_string()];
         eprintln!(
-            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>12} {:>6} {:>6} {:>6} {:>10} {:>8.0}",
+            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>12} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8.0}",
             mode.to_string(),
+            f(m, "mean_us"),
             f(m, "p50_us"),
             f(m, "p99_us"),
             f(m, "max_us"),
@@ -242,6 +256,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             } else {
                 "-".into()
             },
+            m.get("mean_ratio")
+                .map_or("-".into(), |r| format!("{:.3}", r.as_f64().unwrap_or(0.0))),
             m.get("p50_ratio")
                 .map_or("-".into(), |r| format!("{:.3}", r.as_f64().unwrap_or(0.0))),
             m.get("p99_ratio")
