@@ -41,8 +41,10 @@ def recovery(scale):
             print(f"| {r['graph']} | recovery ratios | " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + f" | raw {f(r.get('raw_rps'))} req/s | | | | | |")
 
 for scale in ["small", "realistic"]:
-    latency(scale)
-    recovery(scale)
+    if any(r.get("bench") == "latency" and r["scale"] == scale for r in rows):
+        latency(scale)
+    if any(r.get("bench") == "recovery" and r["scale"] == scale for r in rows):
+        recovery(scale)
 
 mem = [r for r in rows if r.get("bench") == "memory"]
 if mem:
