@@ -163,7 +163,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 s["p50_us"],
                 s["p99_us"],
                 s["throughput_rps"].as_f64().unwrap_or(0.0),
-                s["recovery_ms"].to_string()
+                s["recovery_ms"]
             );
             runs.entry(mode.to_string()).or_default().push(s);
         }
