@@ -362,6 +362,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
     let mut in_flight: std::collections::VecDeque<(u64, usize)> = Default::default();
     let mut outstanding = 0usize;
     let mut last_progress = Instant::now();
+    let mut stalled: Option<(u64, Instant, Instant)> = None;
     loop {
         let elapsed_us = start.elapsed().as_micros() as u64;
         let tick = elapsed_us / epoch_us;
@@ -430,6 +431,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
                 t.latency.quantile(0.99)
             );
         }
+        stalled = watch_view_change(plan, &handles.control, stalled);
         if !open && handles.probe.done() {
             break;
         }
@@ -453,6 +455,27 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
     );
     summary.executors_rss_mb = executors_rss_mb;
     Ok(Some(summary))
+}
+
+/// Says, every few seconds, which backups a view change still waits for: a
+/// recovery that does not finish must not go unexplained.
+fn watch_view_change(
+    plan: &Plan,
+    control: &hams_operators::ops::control::ControlRef,
+    stalled: Option<(u64, Instant, Instant)>,
+) -> Option<(u64, Instant, Instant)> {
+    const PATIENCE: Duration = Duration::from_secs(5);
+    let (view, missing) = control.borrow().awaited_cuts()?;
+    let (since, mut said) = match stalled {
+        Some((v, since, said)) if v == view => (since, said),
+        _ => (Instant::now(), Instant::now()),
+    };
+    if since.elapsed() >= PATIENCE && said.elapsed() >= PATIENCE {
+        said = Instant::now();
+        let names: Vec<&str> = missing.iter().map(|m| plan.graph.nodes[*m as usize].spec.name.as_str()).collect();
+        tracing::warn!(view, waiting_s = since.elapsed().as_secs(), backups = ?names, "view change still waits for these backups to cut");
+    }
+    Some((view, since, said))
 }
 
 /// Points fd 1 at stderr while alive (timely's cluster start-up `println!`s).

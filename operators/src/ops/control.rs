@@ -297,6 +297,18 @@ impl Control {
         self.recovers.get(&(self.view + 1))
     }
 
+    /// The next view change and the stateful models whose backups have not cut for it yet.
+    pub fn awaited_cuts(&self) -> Option<(u64, Vec<u16>)> {
+        let r = self.next_recover()?;
+        let missing = r
+            .roles
+            .iter()
+            .map(|ro| ro.model)
+            .filter(|m| !self.cuts.contains_key(&(r.view, *m)))
+            .collect();
+        Some((r.view, missing))
+    }
+
     /// True when the request `seq` has been released (it is under its partition's watermark).
     pub fn is_released(&self, seq: u64) -> bool {
         let (p, offset) = ((seq % self.partitions) as usize, seq / self.partitions);
