@@ -153,6 +153,17 @@ impl Active {
         }
     }
 
+    /// Takes a snapshot as the whole state: the backup is synced, durable from `cap` on.
+    fn adopt(&mut self, states: Vec<(u64, SessionState)>, executions: Vec<Execution>, cap: Capability<Epoch>) {
+        self.live.states = states.into_iter().collect();
+        self.live.held = executions.into_iter().map(|e| (e.seq, e)).collect();
+        self.dirty_states = self.live.states.iter().map(|(s, st)| (*s, Some(st.clone()))).collect();
+        self.synced = true;
+        if self.cap.is_none() {
+            self.cap = Some(cap);
+        }
+    }
+
     /// The image a promotion hands over: what is durable.
     fn durable_image(self) -> Image {
         match self.checkpoint {
@@ -337,6 +348,29 @@ impl State {
         }
     }
 
+    /// A new backup whose primary fails before the backup has synced will never see
+    /// the epochs after its snapshot complete (the dead primary holds them). The
+    /// snapshot is the previous incarnation's cut image, all that is durable of this
+    /// one, so the backup adopts it at once and can cut there.
+    fn adopt_waiting_snapshot(&mut self, inc: u32) {
+        let Some(a) = self.active.as_mut().filter(|a| a.inc == inc && !a.synced) else {
+            return;
+        };
+        let found = self.inbox.iter_mut().find_map(|(epoch, (cap, ds))| {
+            let i = ds
+                .iter()
+                .position(|d| d.inc == inc && matches!(d.body, DeltaBody::Snapshot { .. }))?;
+            Some((*epoch, cap.clone(), ds.remove(i)))
+        });
+        let Some((epoch, cap, snapshot)) = found else { return };
+        if let DeltaBody::Snapshot { states, executions } = snapshot.body {
+            tracing::info!(node = %self.config.node, inc, epoch, "primary failed before its backup synced; adopting its snapshot");
+            a.adopt(states, executions, cap);
+            Self::persist(&self.config, a, &mut self.written);
+        }
+        self.inbox.retain(|_, (_, ds)| !ds.is_empty());
+    }
+
     /// Recovery: cut, and hand states and spare to the new primary on this worker.
     fn maybe_cut(
         &mut self,
@@ -352,6 +386,9 @@ impl State {
         };
         let placement = self.control.borrow().placement(index).clone();
         let mine = r.roles.iter().any(|ro| ro.model == index);
+        if mine && placement.backup == self.me {
+            self.adopt_waiting_snapshot(placement.inc);
+        }
         let ready = self
             .active
             .as_ref()
@@ -457,17 +494,10 @@ impl State {
             let (_, (_, ds)) = self.inbox.pop_first().expect("present");
             self.arrived.remove(&epoch);
             let mut top_seq = None;
-            for d in ds.into_iter().filter(|d| d.inc == a.inc) {
+            let inc = a.inc;
+            for d in ds.into_iter().filter(|d| d.inc == inc) {
                 match d.body {
-                    DeltaBody::Snapshot { states, executions } => {
-                        a.live.states = states.into_iter().collect();
-                        a.live.held = executions.into_iter().map(|e| (e.seq, e)).collect();
-                        a.dirty_states = a.live.states.iter().map(|(s, st)| (*s, Some(st.clone()))).collect();
-                        a.synced = true;
-                        if a.cap.is_none() {
-                            a.cap = Some(ecap.clone());
-                        }
-                    }
+                    DeltaBody::Snapshot { states, executions } => a.adopt(states, executions, ecap.clone()),
                     DeltaBody::Exec { states, executions } => {
                         for (s, st) in states {
                             match &st {
