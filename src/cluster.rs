@@ -1,8 +1,10 @@
 //! Starting every process of a local cluster: `hams run -n 3 ...` without `-p`.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{bail, Context, Result};
 
@@ -55,7 +57,18 @@ pub fn launch(args: &RunArgs, processes: usize, hosts: Option<Vec<String>>) -> R
     );
     let mut children = Vec::new();
     for p in 0..processes {
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        // Its own process group, so a terminal's Ctrl-C reaches it once, through us;
+        // and it dies with us (prctl only sets a flag on the child).
+        cmd.process_group(0);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("run")
             .args(&forwarded)
             .args(["-n", &processes.to_string(), "-p", &p.to_string()])
@@ -66,8 +79,10 @@ pub fn launch(args: &RunArgs, processes: usize, hosts: Option<Vec<String>>) -> R
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting process {p}"))?;
+        CHILDREN[p.min(CHILDREN.len() - 1)].store(child.id() as i32, Ordering::SeqCst);
         children.push(child);
     }
+    forward_signals();
     let mut worst = 0;
     for (p, mut c) in children.into_iter().enumerate() {
         let status = c.wait()?;
@@ -81,6 +96,28 @@ pub fn launch(args: &RunArgs, processes: usize, hosts: Option<Vec<String>>) -> R
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(ExitCode::from(worst.clamp(0, 255) as u8))
+}
+
+/// The cluster's processes, for the signal handler.
+static CHILDREN: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
+
+/// Ctrl-C or SIGTERM to the launcher goes to every process of the cluster (they
+/// drain on the first, quit on the second), so no process outlives it.
+fn forward_signals() {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        for c in &CHILDREN {
+            let pid = c.load(Ordering::SeqCst);
+            if pid > 0 {
+                // SAFETY: kill is async-signal-safe; the pids are our children.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+    // SAFETY: the handler only reads atomics and calls kill.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
 }
 
 fn free_ports(n: usize) -> Result<Vec<String>> {

@@ -228,9 +228,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
 
 fn install_ctrl_c() {
     extern "C" fn on_signal(_: libc::c_int) {
-        hams_dataflow::run::request_stop();
+        // The first signal drains; a second one does not wait for that.
+        if hams_dataflow::run::request_stop() {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(130) };
+        }
     }
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // SAFETY: the handler only swaps an atomic or calls _exit, both async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);

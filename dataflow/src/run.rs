@@ -224,9 +224,10 @@ fn fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<FaultRepor
 /// Set by [`request_stop`] (e.g. on Ctrl-C): stop ingesting, drain, report.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// Asks running workers to stop taking new requests and finish.
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
+/// Asks running workers to stop taking new requests and finish; true if a
+/// stop had already been asked for.
+pub fn request_stop() -> bool {
+    STOP.swap(true, Ordering::SeqCst)
 }
 
 /// Runs the graph; returns the summary on process 0 (`None` on the others).
