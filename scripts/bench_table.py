@@ -7,17 +7,21 @@ rows = [json.loads(l) for l in open(sys.argv[1] if len(sys.argv) > 1 else "bench
 def f(x, fmt="{:.0f}"):
     return "-" if x is None else fmt.format(x)
 
+def rows_of(bench, scale):
+    return [r for r in rows if r.get("bench") == bench and r["scale"] == scale]
+
+def modes(r):
+    """(mode name, its results) of one bench, in report order."""
+    for mode in ["none", "hams", "stop-and-buffer", "checkpoint"]:
+        if mode in r["modes"]:
+            yield mode, r["modes"][mode]
+
 def latency(scale):
     print(f"\n#### Latency, open loop at 1000 req/s ({scale} models; median of 5 interleaved rounds)\n")
     print("| graph | mode | mean µs | p50 µs (range over rounds) | p99 µs | mean ratio | p50 ratio | p99 ratio | consistent |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
-    for r in rows:
-        if r.get("bench") != "latency" or r["scale"] != scale:
-            continue
-        for mode in ["none", "hams", "stop-and-buffer", "checkpoint"]:
-            m = r["modes"].get(mode)
-            if not m:
-                continue
+    for r in rows_of("latency", scale):
+        for mode, m in modes(r):
             lo, hi = m.get("p50_us_range", [None, None])
             spread = f" ({f(lo)}–{f(hi)})" if lo is not None else ""
             print(f"| {r['graph']} | {mode} | {f(m.get('mean_us'))} | {f(m['p50_us'])}{spread} | {f(m['p99_us'])} | {f(m.get('mean_ratio'), '{:.3f}')} | {f(m.get('p50_ratio'), '{:.3f}')} | {f(m.get('p99_ratio'), '{:.3f}')} | {m['consistent']} |")
@@ -26,13 +30,8 @@ def recovery(scale):
     print(f"\n#### Recovery and throughput, closed loop, one stateful primary killed mid-run ({scale} models; 3 rounds)\n")
     print("| graph | mode | recovery ms (median) | throughput req/s | vs raw | consistent | lost | dup | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---|---:|---:|---:|")
-    for r in rows:
-        if r.get("bench") != "recovery" or r["scale"] != scale:
-            continue
-        for mode in ["none", "hams", "stop-and-buffer", "checkpoint"]:
-            m = r["modes"].get(mode)
-            if not m:
-                continue
+    for r in rows_of("recovery", scale):
+        for mode, m in modes(r):
             rec = m["recovery_ms_median"] if m["recovery_ms"] else None
             vs = m.get("throughput_vs_raw")
             print(f"| {r['graph']} | {mode} | {f(rec, '{:.1f}')} | {f(m['throughput_rps'])} | {f(vs*100 if vs is not None else None, '{:.0f}%')} | {m['consistent']} | {m['lost']} | {m['duplicated']} | {f(m['peak_rss_mb'])} |")
@@ -41,9 +40,9 @@ def recovery(scale):
             print(f"| {r['graph']} | recovery ratios | " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + f" | raw {f(r.get('raw_rps'))} req/s | | | | | |")
 
 for scale in ["small", "realistic"]:
-    if any(r.get("bench") == "latency" and r["scale"] == scale for r in rows):
+    if rows_of("latency", scale):
         latency(scale)
-    if any(r.get("bench") == "recovery" and r["scale"] == scale for r in rows):
+    if rows_of("recovery", scale):
         recovery(scale)
 
 mem = [r for r in rows if r.get("bench") == "memory"]

@@ -224,22 +224,21 @@ fn broker_and_topic_errors_are_clear() {
     // Nothing listens on this port.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let graph = kafka_graph(dir.path(), &format!("127.0.0.1:{port}"), "requests", "results");
-    let out = common::hams()
-        .args(["run", "--graph", graph.to_str().unwrap(), "--drain", "--data-dir"])
-        .arg(dir.path().join("d1"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach the broker"), "{err}");
+    fails_clearly(&graph, &dir.path().join("d1"), "cannot reach the broker");
     let Some(broker) = start_broker() else { return };
     let graph = kafka_graph(dir.path(), &broker.addr, "no_such_topic", "results");
-    let out = common::hams()
-        .args(["run", "--graph", graph.to_str().unwrap(), "--drain", "--data-dir"])
-        .arg(dir.path().join("d2"))
-        .output()
-        .unwrap();
+    fails_clearly(&graph, &dir.path().join("d2"), "topic does not exist");
+}
+
+/// Runs `graph` to its end and expects exit code 2 with `message` on stderr.
+fn fails_clearly(graph: &std::path::Path, data: &std::path::Path, message: &str) {
+    let out = common::output_within(
+        common::hams()
+            .args(["run", "--graph", graph.to_str().unwrap(), "--drain", "--data-dir"])
+            .arg(data),
+        common::RUN_LIMIT,
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("topic does not exist"), "{err}");
+    assert!(err.contains(message), "{err}");
 }
