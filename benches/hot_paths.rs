@@ -9,7 +9,8 @@ use hams::operators::executor::process::{self, Launch};
 use hams::operators::executor::protocol::{InferRequest, Item, SessionState, ToExecutor};
 use hams::operators::executor::{inproc, Event, ExecutorHandle};
 use hams::operators::model::{Arch, BackendKind, ModelSpec, Weights};
-use hams::operators::ops::control::{Delta, DeltaBody, Execution};
+use hams::protocol::records::{Delta, DeltaBody, Execution};
+use hams::protocol::{Epoch, Fingerprint, Incarnation, ModelId, Seq, SessionId, WorkerId};
 use hams::storage::{Batch, Cf, Log, OutputRecord, Released, Store, Values};
 
 fn lstm() -> ModelSpec {
@@ -28,11 +29,11 @@ fn lstm() -> ModelSpec {
 fn batch(rows: u64) -> InferRequest {
     InferRequest {
         ticket: 0,
-        epoch: 0,
+        epoch: Epoch(0),
         items: (0..rows)
             .map(|i| Item {
-                seq: i,
-                session: Some(i),
+                seq: Seq(i),
+                session: Some(SessionId(i)),
                 start: true,
                 end: false,
                 input: Values::F32(vec![0.25; 32]),
@@ -83,28 +84,30 @@ fn executor_round_trip(c: &mut Criterion) {
 
 fn delta(rows: u64) -> Delta {
     Delta {
-        model: 3,
-        inc: 0,
-        to: 1,
+        model: ModelId(3),
+        inc: Incarnation(0),
+        to: WorkerId(1),
         body: DeltaBody::Exec {
             states: (0..rows)
                 .map(|s| {
                     let st = SessionState {
                         state: vec![0.5; 128],
-                        fp: s,
+                        fp: Fingerprint(s),
                     };
-                    (s, Some(st))
+                    (SessionId(s), Some(st))
                 })
                 .collect(),
             executions: (0..rows)
                 .map(|seq| Execution {
-                    seq,
-                    session: Some(seq),
+                    seq: Seq(seq),
+                    session: Some(SessionId(seq)),
+                    start: false,
+                    end: false,
                     outcome: Ok(vec![0.1; 8]),
-                    prev_fp: 1,
-                    fp: 2,
-                    inc: 0,
-                    epoch: 7,
+                    prev_fp: Fingerprint(1),
+                    fp: Fingerprint(2),
+                    inc: Incarnation(0),
+                    epoch: Epoch(7),
                     input_lineage: Vec::new(),
                 })
                 .collect(),
@@ -123,7 +126,7 @@ fn state_delta(c: &mut Criterion) {
     });
     c.bench_function("state delta apply, 64 sessions", |b| {
         b.iter_batched(
-            || (std::collections::BTreeMap::<u64, SessionState>::new(), d.clone()),
+            || (std::collections::BTreeMap::<SessionId, SessionState>::new(), d.clone()),
             |(mut states, d)| {
                 if let DeltaBody::Exec { states: updates, .. } = d.body {
                     for (s, st) in updates {
@@ -142,10 +145,10 @@ fn state_delta(c: &mut Criterion) {
 
 fn output(seq: u64) -> OutputRecord {
     OutputRecord {
-        seq,
+        seq: Seq(seq),
         offset: seq,
-        session: Some(seq % 16),
-        epoch: 1,
+        session: Some(SessionId(seq % 16)),
+        epoch: Epoch(1),
         ingest_us: 0,
         release_us: 0,
         outcome: Ok(Values::F32(vec![0.5; 8])),
@@ -181,7 +184,7 @@ fn sink_commit(c: &mut Criterion) {
     c.bench_function("sink commit, 64 results (ledger + output, no fsync)", |b| {
         b.iter(|| {
             let mut batch = Batch::new();
-            let pairs: Vec<(u64, u64)> = (next..next + 64).map(|o| (o, o)).collect();
+            let pairs: Vec<(u64, Seq)> = (next..next + 64).map(|o| (o, Seq(o))).collect();
             for (o, _) in &pairs {
                 log.append(&mut batch, 0, *o, &output(*o));
             }

@@ -34,40 +34,11 @@ fn run_once(args: &BenchArgs, mode: Mode, data: &Path) -> Result<Value> {
     let mut cmd = Command::new(exe);
     cmd.arg("run").args(["--mode", &mode.to_string(), "--json", "-q"]);
     cmd.args(["--requests", &args.requests.to_string(), "-w", &args.threads.to_string()]);
-    cmd.args(["--scale", if args.realistic() { "realistic" } else { "small" }]);
     cmd.arg("--data-dir").arg(data);
-    if let Some(g) = &args.graph {
-        cmd.arg("--graph").arg(g);
-    }
     if let Some(n) = args.processes {
         cmd.args(["-n", &n.to_string()]);
     }
-    if let Some(r) = args.rate {
-        cmd.args(["--rate", &r.to_string()]);
-    }
-    if let Some(s) = args.seed {
-        cmd.args(["--seed", &s.to_string()]);
-    }
-    if let Some(b) = args.backend {
-        cmd.args([
-            "--backend",
-            if b == hams_operators::model::BackendKind::Tch {
-                "tch"
-            } else {
-                "candle"
-            },
-        ]);
-    }
-    if args.nondeterministic {
-        cmd.arg("--nondeterministic");
-    }
-    for k in &args.kills {
-        cmd.arg(format!("--kill={k}"));
-    }
-    for h in &args.hangs {
-        cmd.arg(format!("--hang={h}"));
-    }
-    cmd.args(["--checkpoint-ms", &args.checkpoint_ms.to_string()]);
+    cmd.args(args.workload.args());
     let out = cmd.output().context("running hams run")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().rev().find(|l| l.starts_with('{'));
@@ -138,15 +109,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if modes.is_empty() {
         bail!("--modes lists no mode");
     }
-    let mut graph = crate::load_graph(
-        args.graph.as_deref(),
-        if args.realistic() {
-            crate::cli::Scale::Realistic
-        } else {
-            crate::cli::Scale::Small
-        },
-    )?;
-    if let Some(b) = args.backend {
+    let mut graph = crate::load_graph(args.workload.graph.as_deref(), args.workload.scale)?;
+    if let Some(b) = args.workload.backend {
         crate::set_backend(&mut graph, b)?;
     }
     let dir = std::env::temp_dir().join(format!("hams-bench-{}", std::process::id()));
@@ -231,7 +195,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     eprintln!(
         "\n{}{} ({} requests, {} rounds, {:.1} s){}",
         graph.name,
-        args.backend.map(|b| format!(" on {b:?}")).unwrap_or_default(),
+        args.workload.backend.map(|b| format!(" on {b:?}")).unwrap_or_default(),
         args.requests,
         args.rounds,
         started.elapsed().as_secs_f64(),
@@ -276,7 +240,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "graph": graph.name,
             "requests": args.requests,
             "rounds": args.rounds,
-            "rate": args.rate,
+            "rate": args.workload.rate,
             "scale": if args.realistic() { "realistic" } else { "small" },
             "raw_rps": raw,
             "modes": report,

@@ -53,31 +53,17 @@ pub struct StatusArgs {
     pub watch: bool,
 }
 
-/// Options of `hams bench`.
+/// What runs and under which faults: shared by `hams run` and `hams bench`
+/// (which hands it to each `hams run` it starts, through [`Workload::args`]).
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+pub struct Workload {
     /// Graph file (TOML). Default: the built-in stock demo graph.
     #[arg(short = 'g', long)]
     pub graph: Option<PathBuf>,
-    /// Modes to compare, comma-separated.
-    #[arg(long, default_value = "none,hams,stop-and-buffer,checkpoint")]
-    pub modes: String,
-    /// Requests per run.
-    #[arg(long, default_value_t = 3000)]
-    pub requests: u64,
-    /// Offered load, requests/s (open loop). Default: closed loop.
+    /// Offered load in requests/s over all workers (open loop). Default: closed loop.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Faults, as for `hams run` (repeatable).
-    #[arg(long = "kill", value_name = "MODEL[:ROLE]@SEQ")]
-    pub kills: Vec<String>,
-    /// Hangs, as for `hams run` (repeatable).
-    #[arg(long = "hang", value_name = "MODEL[:ROLE]@SEQ")]
-    pub hangs: Vec<String>,
-    /// GPU-like non-determinism.
-    #[arg(long)]
-    pub nondeterministic: bool,
-    /// Request generator seed.
+    /// Seed of the request generator (default: the graph's).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Run every zoo model on this backend (candle, or tch with the `torch` feature).
@@ -86,6 +72,66 @@ pub struct BenchArgs {
     /// Model sizes.
     #[arg(long, value_enum, default_value_t = Scale::Small)]
     pub scale: Scale,
+    /// SIGKILL an executor when its model first runs a request with seq >= SEQ:
+    /// `MODEL[:primary|:backup]@SEQ` (repeatable).
+    #[arg(long = "kill", value_name = "MODEL[:ROLE]@SEQ")]
+    pub kills: Vec<String>,
+    /// SIGSTOP an executor (it stops answering) the same way (repeatable).
+    #[arg(long = "hang", value_name = "MODEL[:ROLE]@SEQ")]
+    pub hangs: Vec<String>,
+    /// GPU-like non-determinism: perturb every execution slightly.
+    #[arg(long)]
+    pub nondeterministic: bool,
+    /// Checkpoint interval of the checkpoint mode, ms.
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_ms: u64,
+}
+
+impl Workload {
+    /// The same workload as `hams run` arguments.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(g) = &self.graph {
+            a.extend(["--graph".to_string(), g.display().to_string()]);
+        }
+        if let Some(r) = self.rate {
+            a.extend(["--rate".to_string(), r.to_string()]);
+        }
+        if let Some(s) = self.seed {
+            a.extend(["--seed".to_string(), s.to_string()]);
+        }
+        if let Some(b) = self.backend {
+            let b = if b == hams_operators::model::BackendKind::Tch {
+                "tch"
+            } else {
+                "candle"
+            };
+            a.extend(["--backend".to_string(), b.to_string()]);
+        }
+        let scale = if self.scale == Scale::Realistic { "realistic" } else { "small" };
+        a.extend(["--scale".to_string(), scale.to_string()]);
+        a.extend(self.kills.iter().map(|k| format!("--kill={k}")));
+        a.extend(self.hangs.iter().map(|h| format!("--hang={h}")));
+        if self.nondeterministic {
+            a.push("--nondeterministic".into());
+        }
+        a.extend(["--checkpoint-ms".to_string(), self.checkpoint_ms.to_string()]);
+        a
+    }
+}
+
+/// Options of `hams bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The workload every round runs.
+    #[command(flatten)]
+    pub workload: Workload,
+    /// Modes to compare, comma-separated.
+    #[arg(long, default_value = "none,hams,stop-and-buffer,checkpoint")]
+    pub modes: String,
+    /// Requests per run.
+    #[arg(long, default_value_t = 3000)]
+    pub requests: u64,
     /// Rounds: each mode runs this many times, interleaved with the others.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -98,9 +144,6 @@ pub struct BenchArgs {
     /// Also measure raw inference (the models' forward passes back to back, no dataflow).
     #[arg(long)]
     pub raw: bool,
-    /// Checkpoint interval of the checkpoint mode, ms.
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_ms: u64,
     /// Print one JSON object with every number.
     #[arg(long)]
     pub json: bool,
@@ -109,7 +152,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// True at realistic model scale.
     pub fn realistic(&self) -> bool {
-        self.scale == Scale::Realistic
+        self.workload.scale == Scale::Realistic
     }
 }
 
@@ -147,15 +190,12 @@ pub enum Scale {
 /// Options of `hams run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Graph file (TOML). Default: the built-in stock demo graph.
-    #[arg(short = 'g', long)]
-    pub graph: Option<PathBuf>,
+    /// What runs, and its faults.
+    #[command(flatten)]
+    pub workload: Workload,
     /// Requests to generate (0: endless until Ctrl-C or --duration).
     #[arg(long, default_value_t = 1000)]
     pub requests: u64,
-    /// Offered load in requests/s over all workers (open loop). Default: closed loop.
-    #[arg(long)]
-    pub rate: Option<f64>,
     /// Kafka source: consume up to the topic's end offsets at start, then finish.
     #[arg(long)]
     pub drain: bool,
@@ -180,9 +220,6 @@ pub struct RunArgs {
     /// Print one JSON line with the summary instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Model sizes.
-    #[arg(long, value_enum, default_value_t = Scale::Small)]
-    pub scale: Scale,
     /// Epoch length in µs: requests arriving within one epoch are batched together.
     #[arg(long, default_value_t = 1000)]
     pub epoch_us: u64,
@@ -192,9 +229,6 @@ pub struct RunArgs {
     /// Run executors as threads of the worker process instead of separate processes.
     #[arg(long)]
     pub in_process: bool,
-    /// GPU-like non-determinism: perturb every execution slightly (DESIGN §7).
-    #[arg(long)]
-    pub nondeterministic: bool,
     /// Do not fsync durable batches (faster, survives process crashes but not power loss).
     #[arg(long)]
     pub no_sync: bool,
@@ -204,13 +238,6 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// SIGKILL an executor when its model first runs a request with seq >= SEQ:
-    /// `MODEL[:primary|:backup]@SEQ` (repeatable).
-    #[arg(long = "kill", value_name = "MODEL[:ROLE]@SEQ")]
-    pub kills: Vec<String>,
-    /// SIGSTOP an executor (it stops answering) the same way (repeatable).
-    #[arg(long = "hang", value_name = "MODEL[:ROLE]@SEQ")]
-    pub hangs: Vec<String>,
     /// An executor silent this long while it owes an answer is declared hung.
     #[arg(long, default_value_t = 500)]
     pub deadline_ms: u64,
@@ -220,18 +247,9 @@ pub struct RunArgs {
     /// Serve Prometheus metrics at this address (`HOST:PORT`; process N of a cluster adds N to the port).
     #[arg(long)]
     pub metrics_addr: Option<String>,
-    /// Seed of the request generator (default: the graph's).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Run every zoo model on this backend (candle, or tch with the `torch` feature).
-    #[arg(long)]
-    pub backend: Option<hams_operators::model::BackendKind>,
     /// Fault-tolerance protocol: hams, none (bare), stop-and-buffer, checkpoint.
     #[arg(long, default_value = "hams")]
     pub mode: hams_dataflow::Mode,
-    /// Checkpoint interval of the checkpoint mode, ms.
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_ms: u64,
     /// Output records kept per partition in the output topic (older ones are deleted).
     #[arg(long, default_value_t = 1_000_000)]
     pub retain_outputs: u64,

@@ -5,6 +5,7 @@
 //! the same from graph files.
 //!
 //! # Layout
+//! - [`protocol`]: the fault-tolerance protocol as pure state machines, its checker and simulator.
 //! - [`storage`]: durable lineage on RocksDB (logs, ledger, states).
 //! - [`operators`]: backends, model zoo, executors, timely operators.
 //! - [`dataflow`]: graph DSL, validation, placement, compilation, runs.
@@ -12,6 +13,7 @@
 
 pub use hams_dataflow as dataflow;
 pub use hams_operators as operators;
+pub use hams_protocol as protocol;
 pub use hams_storage as storage;
 
 pub use hams_dataflow::{Executors, Feed, Graph, GraphDef, NodeDef, RunConfig, SourceDef, Summary, Timely};

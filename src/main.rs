@@ -14,7 +14,7 @@ use clap::Parser;
 use hams_dataflow::placement::{place, Cluster};
 use hams_dataflow::{Executors, Feed, Graph, GraphDef, RunConfig, Timely};
 use hams_operators::executor::process::{self, Launch};
-use hams_operators::ops::control::FaultKind;
+use hams_operators::ops::faults::FaultKind;
 
 use cli::{Cli, Command, RunArgs, Scale};
 
@@ -92,11 +92,12 @@ pub fn set_backend(graph: &mut Graph, backend: hams_operators::model::BackendKin
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
-    let mut graph = load_graph(args.graph.as_deref(), args.scale)?;
-    if let Some(seed) = args.seed {
+    let w = &args.workload;
+    let mut graph = load_graph(w.graph.as_deref(), w.scale)?;
+    if let Some(seed) = w.seed {
         graph.source.seed = seed;
     }
-    if let Some(b) = args.backend {
+    if let Some(b) = w.backend {
         set_backend(&mut graph, b)?;
     }
     let hosts = match &args.hostfile {
@@ -145,11 +146,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         None if graph.source.kind == hams_dataflow::SourceKind::Kafka => Feed::Kafka { drain: args.drain },
         None => Feed::Generate {
             total: (args.requests > 0).then_some(args.requests),
-            rate: args.rate,
+            rate: args.workload.rate,
         },
     };
     let mut faults = Vec::new();
-    for (specs, kind) in [(&args.kills, FaultKind::Kill), (&args.hangs, FaultKind::Hang)] {
+    for (specs, kind) in [(&args.workload.kills, FaultKind::Kill), (&args.workload.hangs, FaultKind::Hang)] {
         for f in specs {
             faults.push(hams_dataflow::run::parse_fault(&graph, f, kind)?);
         }
@@ -180,7 +181,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         epoch_us: args.epoch_us,
         max_inflight: args.max_inflight.max(1),
         executors: executors.clone(),
-        noise: if args.nondeterministic { 1e-4 } else { 0.0 },
+        noise: if args.workload.nondeterministic { 1e-4 } else { 0.0 },
         sync: !args.no_sync,
         progress: !args.quiet && !args.json,
         duration: args.duration.map(Duration::from_secs_f64),
@@ -191,7 +192,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         verify: !args.no_verify,
         backup_delay: Duration::from_millis(args.backup_delay_ms),
         mode: args.mode,
-        checkpoint_every: Duration::from_millis(args.checkpoint_ms.max(1)),
+        checkpoint_every: Duration::from_millis(args.workload.checkpoint_ms.max(1)),
     };
     if let Some(addr) = &args.metrics_addr {
         let mut sock: std::net::SocketAddr = addr

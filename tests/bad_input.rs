@@ -69,7 +69,7 @@ fn bad_requests_get_typed_errors_and_the_rest_complete() {
     let outs = common::outputs(&data, 2);
     assert_eq!(outs.len(), lines.len());
     for out in outs {
-        let (line, want) = &lines[out.seq as usize];
+        let (line, want) = &lines[out.seq.0 as usize];
         match (want, &out.outcome) {
             (None, Ok(Values::F32(v))) => assert_eq!(v.len(), 4, "line {}: {line}", out.seq),
             (Some(kind), Err(e)) => {

@@ -50,6 +50,6 @@ fn three_processes_from_a_hostfile_release_everything_once() {
     assert_eq!(s["processes"], 3);
     let results = common::outputs(&data, 6);
     assert_eq!(results.len(), 3000);
-    let seqs: std::collections::BTreeSet<u64> = results.iter().map(|r| r.seq).collect();
+    let seqs: std::collections::BTreeSet<u64> = results.iter().map(|r| r.seq.0).collect();
     assert_eq!(seqs, (0..3000).collect());
 }

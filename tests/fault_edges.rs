@@ -61,7 +61,7 @@ fn the_sink_never_releases_an_orphan() {
     assert!(report.consistent(), "{report}");
     assert_eq!(report.unmatched_tags, 0);
     let outs = common::outputs(&data, 2);
-    let promoted = outs.iter().filter(|o| o.lineage.iter().any(|t| t.incarnation == 1)).count();
+    let promoted = outs.iter().filter(|o| o.lineage.iter().any(|t| t.incarnation.0 == 1)).count();
     assert!(promoted > 0, "results after the failover come from the promoted replica");
 }
 

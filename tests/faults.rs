@@ -88,7 +88,7 @@ fn check(s: &serde_json::Value, what: &str) {
 }
 
 fn outputs_by_seq(data: &std::path::Path) -> BTreeMap<u64, hams::storage::OutputRecord> {
-    common::outputs(data, 3).into_iter().map(|o| (o.seq, o)).collect()
+    common::outputs(data, 3).into_iter().map(|o| (o.seq.0, o)).collect()
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn check_run(graph: &str, extra: &[&str]) {
     assert_eq!(s["audited"].as_u64().unwrap(), workers, "every sink audited: {s}");
     // The output topic agrees: one result per request.
     let outs = common::outputs(dir.path(), workers as u32);
-    let seqs: std::collections::BTreeSet<u64> = outs.iter().map(|o| o.seq).collect();
+    let seqs: std::collections::BTreeSet<u64> = outs.iter().map(|o| o.seq.0).collect();
     assert_eq!(outs.len(), 2000);
     assert_eq!(seqs.len(), 2000);
     assert!(outs.iter().all(|o| o.outcome.is_ok()));

@@ -39,7 +39,7 @@ fn compare(graph: &str, workers: &str) {
     let mut sessions = std::collections::BTreeSet::new();
     for out in outputs {
         sessions.insert(out.session);
-        let want = expected[&out.seq].as_ref().expect("reference succeeds");
+        let want = expected[&out.seq.0].as_ref().expect("reference succeeds");
         let (Ok(Values::F32(got)), Values::F32(want)) = (&out.outcome, want) else {
             panic!("seq {}: {:?} vs {want:?}", out.seq, out.outcome);
         };

@@ -16,14 +16,20 @@ use std::time::Duration;
 
 use hams_operators::executor::process::{self, Launch};
 use hams_operators::executor::{inproc, ExecutorHandle};
-use hams_operators::ops::backup::{Backup, BackupConfig, Cadence};
-use hams_operators::ops::control::{Control, ControlRef, Cut, Fault};
-use hams_operators::ops::coordinate::{Coordinate, CoordinatorConfig, FaultLog};
-use hams_operators::ops::infer::{Infer, InferConfig, Spawn};
+use hams_operators::ops::backup::{Backup, BackupConfig, Cadence, CoreConfig as BackupCore};
+use hams_operators::ops::control::{Control, ControlRef};
+use hams_operators::ops::coordinate::{Coordinate, CoordinatorConfig};
+use hams_operators::ops::faults::Fault;
+use hams_operators::ops::infer::{CoreConfig as InferCore, Infer, InferConfig, Spawn};
 use hams_operators::ops::join::JoinBySeq;
-use hams_operators::ops::sink::{Release, SinkConfig, SinkStats};
+use hams_operators::ops::sink::{Release, SinkConfig};
+use hams_operators::ops::telemetry::{FaultLog, SinkStats};
 use hams_operators::ops::views::Views;
-use hams_operators::ops::{Envelope, Epoch, Failure, Route};
+use hams_operators::ops::{Envelope, Failure, Route, Time};
+use hams_protocol::health::Deadlines;
+use hams_protocol::records::Cut;
+use hams_protocol::{ModelId, WorkerId};
+use hams_storage::backup::BackupWriter;
 use hams_storage::{Released, Store};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::{Concatenate, Input as _, Operator, Probe};
@@ -78,9 +84,9 @@ impl Plan {
 
 /// A built dataflow's handles.
 pub(crate) struct Handles {
-    pub ok_in: InputHandleVec<Epoch, Envelope>,
-    pub err_in: InputHandleVec<Epoch, Failure>,
-    pub probe: ProbeHandle<Epoch>,
+    pub ok_in: InputHandleVec<Time, Envelope>,
+    pub err_in: InputHandleVec<Time, Failure>,
+    pub probe: ProbeHandle<Time>,
     pub totals: Rc<RefCell<Totals>>,
     pub control: ControlRef,
     pub released: Rc<RefCell<Released>>,
@@ -101,13 +107,13 @@ fn spawner(plan: &Arc<Plan>, node: usize) -> Spawn {
 
 /// The stream feeding a node: its one input, or the join of several by `seq`.
 fn gather<'s>(
-    scope: timely::dataflow::Scope<'s, Epoch>,
-    source: &Stream<'s, Epoch, Vec<Envelope>>,
+    scope: timely::dataflow::Scope<'s, Time>,
+    source: &Stream<'s, Time, Vec<Envelope>>,
     inputs: &[Input],
-    outputs: &[Stream<'s, Epoch, Vec<Envelope>>],
+    outputs: &[Stream<'s, Time, Vec<Envelope>>],
     route: Route,
     control: &ControlRef,
-) -> Stream<'s, Epoch, Vec<Envelope>> {
+) -> Stream<'s, Time, Vec<Envelope>> {
     let mut streams: Vec<_> = inputs
         .iter()
         .map(|i| match i {
@@ -146,68 +152,89 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
         affected: stateful
             .iter()
             .map(|&i| {
-                let mut v = vec![i as u16];
-                v.extend(graph.descendants(i).into_iter().filter(|j| stateful.contains(j)).map(|j| j as u16));
-                (i as u16, v)
+                let mut v = vec![ModelId(i as u16)];
+                v.extend(
+                    graph
+                        .descendants(i)
+                        .into_iter()
+                        .filter(|j| stateful.contains(j))
+                        .map(|j| ModelId(j as u16)),
+                );
+                (ModelId(i as u16), v)
             })
             .collect(),
-        placement: stateful.iter().map(|&i| (i as u16, plan.replicas(i))).collect(),
+        placement: stateful
+            .iter()
+            .map(|&i| {
+                let (p, b) = plan.replicas(i);
+                (ModelId(i as u16), (WorkerId(p), WorkerId(b)))
+            })
+            .collect(),
         colocate: plan.mode == Mode::Checkpoint,
         threads: plan.placement.cluster.threads,
         workers: peers,
     };
-    worker.dataflow::<Epoch, _, _>(|scope| -> Result<()> {
+    worker.dataflow::<Time, _, _>(|scope| -> Result<()> {
         let source = scope.input_from(&mut ok_in);
         let mut failures = vec![scope.input_from(&mut err_in)];
-        let mut outputs: Vec<Stream<'_, Epoch, Vec<Envelope>>> = Vec::with_capacity(graph.nodes.len());
-        let mut durable: BTreeMap<u16, Stream<'_, Epoch, Vec<Cut>>> = BTreeMap::new();
-        let mut notices = Vec::new();
+        let mut outputs: Vec<Stream<'_, Time, Vec<Envelope>>> = Vec::with_capacity(graph.nodes.len());
+        let mut durable: BTreeMap<u16, Stream<'_, Time, Vec<Cut>>> = BTreeMap::new();
+        let mut failed = Vec::new();
+        let mut telemetry = Vec::new();
         for (i, (node, place)) in graph.nodes.iter().zip(&plan.placement.nodes).enumerate() {
             let is_stateful = node.spec.is_stateful();
             let route = if is_stateful {
-                Route::Primary(i as u16)
+                Route::Primary(ModelId(i as u16))
             } else {
                 place.route.clone()
             };
             let input = gather(scope, &source, &node.inputs, &outputs, route.clone(), &control);
             let spawn = spawner(plan, i);
-            let config = InferConfig {
+            let deadline = plan.deadline.as_micros() as u64;
+            let core = InferCore {
                 node: node.spec.name.clone(),
-                index: node.index,
-                route,
-                hosts: place.hosts.clone(),
+                model: ModelId(node.index),
+                hosts: place.hosts.iter().map(|h| WorkerId(*h)).collect(),
                 stateful: is_stateful,
                 max_batch: node.batch,
-                deadline: plan.deadline,
-                heartbeat: (plan.deadline / 5).max(Duration::from_millis(5)),
+                deadlines: Deadlines {
+                    answer_us: deadline,
+                    heartbeat_us: (deadline / 5).max(5_000),
+                    load_us: hams_operators::executor::LOAD_DEADLINE.as_micros() as u64,
+                },
                 replicate: plan.mode.replicates(),
                 hold_until_durable: plan.mode == Mode::StopAndBuffer,
             };
-            let s = input.infer(config, control.clone(), spawn.clone());
+            let s = input.infer(InferConfig { core, route }, control.clone(), spawn.clone());
             outputs.push(s.ok);
             failures.push(s.err);
-            notices.push(s.notices);
+            failed.push(s.failed);
+            telemetry.push(s.telemetry);
             if is_stateful && plan.mode.replicates() {
                 let upstream = graph
                     .ancestors(i)
                     .into_iter()
                     .filter_map(|j| durable.get(&(j as u16)).cloned())
                     .collect();
-                let config = BackupConfig {
+                let core = BackupCore {
                     node: node.spec.name.clone(),
-                    index: node.index,
-                    store: store.clone(),
+                    model: ModelId(node.index),
                     lineage_retention: plan.lineage_retention,
-                    apply_delay: plan.backup_delay,
+                    apply_delay_us: plan.backup_delay.as_micros() as u64,
                     cadence: match plan.mode {
-                        Mode::Checkpoint => Cadence::Checkpoint(plan.checkpoint_every),
+                        Mode::Checkpoint => Cadence::Checkpoint {
+                            every_us: plan.checkpoint_every.as_micros() as u64,
+                        },
                         _ => Cadence::EveryEpoch,
                     },
                     warm_spare: plan.mode != Mode::Checkpoint,
                 };
-                let b = s.deltas.backup(upstream, config, control.clone(), spawn);
+                // No fsync: the backup's memory is what F1 relies on; the WAL
+                // keeps the writes across a process crash.
+                let writer = BackupWriter::new(store.clone(), false);
+                let b = s.deltas.backup(upstream, BackupConfig { core, writer }, control.clone(), spawn);
                 durable.insert(i as u16, b.durable);
-                notices.push(b.notices);
+                telemetry.push(b.telemetry);
             }
         }
         let results = gather(scope, &source, &graph.sink, &outputs, Route::Home, &control);
@@ -225,8 +252,16 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
                 .unwrap_or_else(|| Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX))),
         };
         let sinks = results.release(failures, durable.iter().map(|(m, s)| (*m, s.clone())).collect(), sink)?;
-        let recovers = scope.concatenate(notices).coordinate(coordinator, fault_log.clone());
-        scope.views(recovers, durable.into_iter().collect(), sinks.watermarks, control.clone());
+        let recovers = scope.concatenate(failed).coordinate(coordinator, fault_log.clone());
+        let telemetry = scope.concatenate(telemetry);
+        scope.views(
+            recovers,
+            durable.into_iter().collect(),
+            sinks.watermarks,
+            telemetry,
+            control.clone(),
+            fault_log.clone(),
+        );
         let sink_totals = totals.clone();
         sinks
             .stats

@@ -233,12 +233,12 @@ pub fn result_json(rec: &OutputRecord) -> serde_json::Value {
         Err(e) => serde_json::json!({ "error": { "node": e.node, "kind": format!("{:?}", e.kind), "message": e.message } }),
     };
     serde_json::json!({
-        "seq": rec.seq,
-        "session": rec.session,
-        "epoch": rec.epoch,
+        "seq": rec.seq.0,
+        "session": rec.session.map(|s| s.0),
+        "epoch": rec.epoch.0,
         "latency_us": rec.release_us.saturating_sub(rec.ingest_us),
         "result": result,
-        "lineage": rec.lineage.iter().map(|t| serde_json::json!([t.model, t.incarnation, t.epoch, format!("{:016x}", t.fingerprint)])).collect::<Vec<_>>(),
+        "lineage": rec.lineage.iter().map(|t| serde_json::json!([t.model.0, t.incarnation.0, t.epoch.0, format!("{:016x}", t.fingerprint.0)])).collect::<Vec<_>>(),
     })
 }
 
@@ -321,9 +321,9 @@ impl Publisher {
             }
             let records: Vec<Record> = pending
                 .iter()
-                .filter(|(_, r)| !out_already.contains(&r.seq))
+                .filter(|(_, r)| !out_already.contains(&r.seq.0))
                 .map(|(_, r)| Record {
-                    key: Some(r.seq.to_string().into_bytes()),
+                    key: Some(r.seq.0.to_string().into_bytes()),
                     value: Some(result_json(r).to_string().into_bytes()),
                     headers: BTreeMap::new(),
                     timestamp: chrono_now(),

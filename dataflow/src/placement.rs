@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-use hams_operators::ops::Route;
+use hams_protocol::flow::Route;
+use hams_protocol::WorkerId;
 
 use crate::graph::Graph;
 
@@ -82,9 +83,9 @@ pub fn place(graph: &Graph, cluster: Cluster) -> Placement {
                 }
             });
             let route = if n.spec.is_stateful() || hosts.len() == 1 {
-                Route::Pinned(primary)
+                Route::Pinned(WorkerId(primary))
             } else {
-                Route::BySeq(hosts.clone())
+                Route::BySeq(hosts.iter().map(|h| WorkerId(*h)).collect())
             };
             NodePlacement {
                 name: n.spec.name.clone(),

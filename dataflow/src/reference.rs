@@ -66,7 +66,7 @@ impl Reference {
         for (i, node) in self.graph.nodes.iter().enumerate() {
             let input = gather(&node.inputs, &outs);
             let item = Item {
-                seq,
+                seq: hams_protocol::Seq(seq),
                 session: env.meta.session,
                 start: env.meta.start,
                 end: env.meta.end,
@@ -74,11 +74,11 @@ impl Reference {
             };
             let resp = self.engines[i].infer(&InferRequest {
                 ticket: seq,
-                epoch: 0,
+                epoch: hams_protocol::Epoch(0),
                 items: vec![item],
             });
-            match resp.outputs.into_iter().next().expect("one item") {
-                Ok(o) => outs[i] = Some(Values::F32(o.values)),
+            match resp.outputs.into_iter().next().expect("one item").outcome {
+                Ok(o) => outs[i] = Some(Values::F32(o)),
                 Err(e) => {
                     return Err(RequestError {
                         node: node.spec.name.clone(),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use hams_storage::{layout, Store};
 use timely::communication::Config as CommConfig;
 
-use hams_operators::ops::control::{Fault, FaultKind, Role};
-use hams_operators::ops::coordinate::FaultLog;
+use hams_operators::ops::faults::{Fault, FaultKind, Role};
+use hams_operators::ops::telemetry::FaultLog;
 
 use crate::compile::{self, Executors, Plan};
 use crate::error::{Error, Result};
@@ -145,7 +145,7 @@ impl RunConfig {
 /// # Examples
 /// ```
 /// use hams_dataflow::{run::parse_fault, GraphDef, NodeDef, SourceDef};
-/// use hams_operators::ops::control::{FaultKind, Role};
+/// use hams_operators::ops::faults::{FaultKind, Role};
 /// let g = GraphDef::new("g", SourceDef::features([4]).sessions(2, 4))
 ///     .node(NodeDef::lstm("lstm", 8).inputs(["source"]).output(2))
 ///     .sink(["lstm"]).build().unwrap();
@@ -244,7 +244,8 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     }
     let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
     let store = Store::open(&dir)?;
-    crate::verify::record_nodes(&store, config.graph.nodes.iter().map(|n| n.spec.name.clone()).collect())?;
+    let first = (config.timely.process * cluster.threads) as u32;
+    crate::verify::record_run(&store, &config.graph, (first..first + cluster.threads as u32).collect())?;
     // Results also go to Kafka: one publisher for this process's home partitions.
     let publisher = match &config.graph.sink_kafka {
         Some(topic) => {
@@ -466,14 +467,15 @@ fn watch_view_change(
     stalled: Option<(u64, Instant, Instant)>,
 ) -> Option<(u64, Instant, Instant)> {
     const PATIENCE: Duration = Duration::from_secs(5);
-    let (view, missing) = control.borrow().awaited_cuts()?;
+    let (view, missing) = control.borrow().table.awaited_cuts()?;
+    let view = view.0;
     let (since, mut said) = match stalled {
         Some((v, since, said)) if v == view => (since, said),
         _ => (Instant::now(), Instant::now()),
     };
     if since.elapsed() >= PATIENCE && said.elapsed() >= PATIENCE {
         said = Instant::now();
-        let names: Vec<&str> = missing.iter().map(|m| plan.graph.nodes[*m as usize].spec.name.as_str()).collect();
+        let names: Vec<&str> = missing.iter().map(|m| plan.graph.nodes[m.0 as usize].spec.name.as_str()).collect();
         tracing::warn!(view, waiting_s = since.elapsed().as_secs(), backups = ?names, "view change still waits for these backups to cut");
     }
     Some((view, since, said))

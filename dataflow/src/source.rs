@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use hams_operators::ops::control::ControlRef;
 use hams_operators::ops::{Envelope, Failure, Meta};
+use hams_protocol::{Seq, SessionId, View};
 use hams_storage::{Batch, Cf, ErrorKind, Generator, Log, Released, Request, RequestError, SourceRecord, Store, Values};
 
 use crate::def::{ElemType, SourceDef};
@@ -52,7 +53,7 @@ pub(crate) struct Ingest {
     source: SourceDef,
     control: ControlRef,
     released: Rc<RefCell<Released>>,
-    view: u64,
+    view: View,
     kafka: Option<crate::kafka::KafkaFeed>,
 }
 
@@ -103,7 +104,7 @@ impl Ingest {
             source: graph.source.clone(),
             control,
             released,
-            view: 0,
+            view: View(0),
             kafka,
             log,
             next_offset,
@@ -173,7 +174,7 @@ impl Ingest {
     /// Ingests up to `budget` requests due by `elapsed_us`: logs new ones
     /// durably (one batch) and returns them, backlog first.
     pub(crate) fn poll(&mut self, run_start_us: u64, elapsed_us: u64, budget: usize) -> Result<Vec<(u64, SourceRecord)>> {
-        let view = self.control.borrow().view();
+        let view = self.control.borrow().table.view();
         let mut budget = budget;
         if view > self.view {
             // A recovery: everything not released yet goes around again, in the new
@@ -183,15 +184,17 @@ impl Ingest {
             budget = budget.max(self.backlog.len());
             tracing::info!(
                 partition = self.partition,
-                view,
+                view = %view,
                 requests = self.backlog.len(),
                 "replaying unreleased requests"
             );
-            hams_operators::metrics::metrics().phase(view, hams_operators::metrics::Phase::Replayed, now_us());
+            hams_operators::metrics::metrics().phase(view.0, hams_operators::metrics::Phase::Replayed, now_us());
         }
         let mut out = Vec::new();
         while out.len() < budget {
             match self.backlog.pop_front() {
+                // Released since the replay began (a result of the old view came through).
+                Some((offset, _)) if self.released.borrow().contains(offset) => {}
                 Some(r) => out.push(r),
                 None => break,
             }
@@ -259,14 +262,14 @@ pub fn admit(
     bytes: &[u8],
 ) -> std::result::Result<Envelope, Box<Failure>> {
     let mut meta = Meta {
-        seq,
+        seq: Seq(seq),
         home,
         offset,
         session: None,
         start: false,
         end: false,
         ingest_us,
-        view: 0,
+        view: View(0),
     };
     let fail = |meta, kind, message| {
         Box::new(Failure {
@@ -283,7 +286,7 @@ pub fn admit(
         Ok(r) => r,
         Err(e) => return Err(fail(meta, ErrorKind::Malformed, e.to_string())),
     };
-    meta.session = req.session;
+    meta.session = req.session.map(SessionId);
     meta.start = req.start;
     meta.end = req.end;
     let kind_ok = matches!(

@@ -1,6 +1,6 @@
 //! What a run reports: counts from the sinks, latency percentiles, throughput.
 
-use hams_operators::ops::sink::{Audit, SinkStats};
+use hams_operators::ops::telemetry::{Audit, SinkStats};
 use serde::Serialize;
 
 /// A latency histogram with ~1.5% relative precision in O(1) memory.

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::commit::Cuts;
 use crate::exec::ExecEvent;
 use crate::frontier::Frontier;
-use crate::ids::{Epoch, ExecId, Incarnation, Micros, ModelId, SessionId, Seq, WorkerId};
+use crate::ids::{Epoch, ExecId, Incarnation, Micros, ModelId, Seq, SessionId, WorkerId};
 use crate::infer::MAX_START_FAILURES;
 use crate::records::{Cut, Delta, DeltaBody, Execution, LineageRecord, SessionState};
 use crate::view::{Handoff, ViewTable};
@@ -301,7 +301,10 @@ impl BackupCore {
             .flatten()
             .map(|d| match &d.body {
                 DeltaBody::Exec { states, executions } => {
-                    states.iter().map(|(_, s)| s.as_ref().map_or(8, |s| 16 + 4 * s.state.len())).sum::<usize>()
+                    states
+                        .iter()
+                        .map(|(_, s)| s.as_ref().map_or(8, |s| 16 + 4 * s.state.len()))
+                        .sum::<usize>()
                         + executions
                             .iter()
                             .map(|e| 48 + e.outcome.as_ref().map_or(0, |v| 4 * v.len()))
@@ -421,10 +424,7 @@ impl BackupCore {
         // After a failed write the cut waits until a retry has made everything
         // applied durable: it must hand over only what is durable.
         let ready = self.active.as_ref().is_some_and(|a| {
-            a.inc == placement.inc
-                && a.synced
-                && a.durable_at.is_some()
-                && (a.is_clean() || self.cfg.cadence != Cadence::EveryEpoch)
+            a.inc == placement.inc && a.synced && a.durable_at.is_some() && (a.is_clean() || self.cfg.cadence != Cadence::EveryEpoch)
         });
         if !ready {
             return;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, Fingerprint, SessionId, Seq};
+use crate::ids::{Epoch, Fingerprint, Seq, SessionId};
 use crate::records::{ItemError, SessionState, Values};
 
 /// One request in a batch.

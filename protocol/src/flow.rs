@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ModelId, SessionId, Seq, View, WorkerId};
+use crate::ids::{ModelId, Seq, SessionId, View, WorkerId};
 use crate::records::{LineageTag, RequestError, Values};
 use crate::view::ViewTable;
 

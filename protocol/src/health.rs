@@ -143,7 +143,9 @@ mod tests {
     fn an_idle_executor_is_pinged_and_a_missing_pong_kills_it() {
         let mut h = Health::new(0);
         h.ready(0);
-        let Check::Ping { n, .. } = h.check(150_000, None, D) else { panic!() };
+        let Check::Ping { n, .. } = h.check(150_000, None, D) else {
+            panic!()
+        };
         h.pong(n, 160_000);
         let Check::Ping { .. } = h.check(300_000, None, D) else { panic!() };
         assert!(matches!(h.check(700_000, None, D), Check::Fine { .. }));

@@ -497,7 +497,8 @@ impl InferCore {
                 let mut out = Outputs::default();
                 for e in reqs.into_iter().filter(|e| view_check(e.meta.view, view) != ViewCheck::Stale) {
                     let msg = format!("no executor for model {} could be started", self.cfg.node);
-                    out.err.push(failure(&self.cfg.node, e.meta, ErrorKind::Unavailable, msg, e.lineage));
+                    out.err
+                        .push(failure(&self.cfg.node, e.meta, ErrorKind::Unavailable, msg, e.lineage));
                 }
                 acts.push(InferAction::Output { epoch, out });
             }
@@ -646,7 +647,10 @@ impl InferCore {
             .partition(|h| table.durable_past(model, h.wait));
         self.held = waiting;
         for h in ready {
-            acts.push(InferAction::Output { epoch: h.epoch, out: h.out });
+            acts.push(InferAction::Output {
+                epoch: h.epoch,
+                out: h.out,
+            });
         }
     }
 }

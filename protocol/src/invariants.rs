@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::ids::{Fingerprint, ModelId, SessionId, Seq};
+use crate::ids::{Fingerprint, ModelId, Seq, SessionId};
 use crate::records::{LineageRecord, OutputRecord};
 
 /// What one source partition's ledger says.
@@ -43,8 +43,8 @@ impl Partition {
 
 /// Everything the checker reads.
 pub struct Evidence<'a> {
-    /// Per source partition, by index.
-    pub partitions: Vec<Partition>,
+    /// Per source partition.
+    pub partitions: BTreeMap<u32, Partition>,
     /// Released results, with the partition whose output topic holds them.
     pub outputs: Vec<(u32, OutputRecord)>,
     /// Committed executions, from every store (a `(model, seq)` may appear more than once).
@@ -149,8 +149,7 @@ impl std::fmt::Display for Report {
 
 /// Checks I1–I4 over `e`.
 pub fn check(e: &Evidence<'_>) -> Report {
-    let mut r = Report::default();
-    exactly_once(e, &mut r);
+    let mut r = exactly_once(&e.partitions, &e.outputs);
     let committed = commits(e, &mut r);
     chains(e, &committed, &mut r);
     cut(e, &committed, &mut r);
@@ -158,13 +157,16 @@ pub fn check(e: &Evidence<'_>) -> Report {
     r
 }
 
-/// I1: accepted positions against the ledger, and the output records.
-fn exactly_once(e: &Evidence<'_>, r: &mut Report) {
+/// I1 over some partitions: their accepted positions against their ledgers,
+/// and their output records (each offset answered once, and only if the
+/// ledger says it was released).
+pub fn exactly_once(partitions: &BTreeMap<u32, Partition>, outputs: &[(u32, OutputRecord)]) -> Report {
+    let mut r = Report::default();
     let mut answers: BTreeMap<(u32, u64), Vec<Seq>> = BTreeMap::new();
-    for (p, o) in &e.outputs {
+    for (p, o) in outputs {
         answers.entry((*p, o.offset)).or_default().push(o.seq);
     }
-    for (p, part) in e.partitions.iter().enumerate() {
+    for (p, part) in partitions {
         r.requests += part.accepted;
         let released = part.watermark.min(part.accepted) + part.above.iter().filter(|o| **o < part.accepted).count() as u64;
         r.released += released;
@@ -172,20 +174,30 @@ fn exactly_once(e: &Evidence<'_>, r: &mut Report) {
         if lost > 0 {
             r.lost += lost;
             let first = (part.watermark..part.accepted).find(|o| !part.above.contains(o));
-            r.problem(format!("partition {p}: {lost} accepted requests never released (first: offset {first:?})"));
+            r.problem(format!(
+                "partition {p}: {lost} accepted requests never released (first: offset {first:?})"
+            ));
         }
     }
     for ((p, offset), seqs) in &answers {
         if seqs.len() > 1 {
             r.duplicated += seqs.len() as u64 - 1;
-            r.problem(format!("seq {} (partition {p} offset {offset}) answered {} times", seqs[0], seqs.len()));
+            r.problem(format!(
+                "seq {} (partition {p} offset {offset}) answered {} times",
+                seqs[0],
+                seqs.len()
+            ));
         }
-        let ledgered = e.partitions.get(*p as usize).is_some_and(|part| part.released(*offset));
+        let ledgered = partitions.get(p).is_some_and(|part| part.released(*offset));
         if !ledgered {
             r.duplicated += 1;
-            r.problem(format!("seq {} (partition {p} offset {offset}) answered but not in the released ledger", seqs[0]));
+            r.problem(format!(
+                "seq {} (partition {p} offset {offset}) answered but not in the released ledger",
+                seqs[0]
+            ));
         }
     }
+    r
 }
 
 /// The committed executions by `(model, seq)`; a second, different commit of one `seq` is a fork.
@@ -325,7 +337,11 @@ fn cut(e: &Evidence<'_>, committed: &BTreeMap<(ModelId, Seq), &LineageRecord>, r
                         (e.name)(t.model),
                         t.incarnation.0,
                         t.epoch.0,
-                        if other.is_some() { "which was committed differently" } else { "which was never committed" }
+                        if other.is_some() {
+                            "which was committed differently"
+                        } else {
+                            "which was never committed"
+                        }
                     ));
                 }
             }
@@ -377,5 +393,238 @@ fn tags(e: &Evidence<'_>, committed: &BTreeMap<(ModelId, Seq), &LineageRecord>, 
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Epoch, Incarnation};
+    use crate::records::{LineageTag, Values};
+
+    /// Two stateful models, `eye` (m0) feeding `tracker` (m1); one session
+    /// (7) of three requests, all released: a consistent history to break.
+    struct History {
+        lineage: Vec<(ModelId, Seq, LineageRecord)>,
+        outputs: Vec<(u32, OutputRecord)>,
+        partition: Partition,
+        finals: BTreeMap<ModelId, BTreeMap<SessionId, Fingerprint>>,
+    }
+
+    fn origin(m: ModelId, s: SessionId) -> Fingerprint {
+        Fingerprint(1000 * (m.0 as u64 + 1) + s.0)
+    }
+
+    fn fp(m: u16, seq: u64) -> Fingerprint {
+        Fingerprint(10_000 * (m as u64 + 1) + seq)
+    }
+
+    fn tag(m: u16, seq: u64) -> LineageTag {
+        LineageTag {
+            model: ModelId(m),
+            incarnation: Incarnation(0),
+            epoch: Epoch(seq),
+            fingerprint: fp(m, seq),
+        }
+    }
+
+    fn consistent() -> History {
+        let s = SessionId(7);
+        let mut lineage = Vec::new();
+        let mut outputs = Vec::new();
+        for seq in 0..3u64 {
+            for m in 0..2u16 {
+                let prev = if seq == 0 { origin(ModelId(m), s) } else { fp(m, seq - 1) };
+                let rec = LineageRecord {
+                    session: Some(s),
+                    start: seq == 0,
+                    end: false,
+                    ok: true,
+                    prev_fp: prev,
+                    fp: fp(m, seq),
+                    inc: Incarnation(0),
+                    epoch: Epoch(seq),
+                    upstream: if m == 1 { vec![tag(0, seq)] } else { vec![] },
+                };
+                lineage.push((ModelId(m), Seq(seq), rec));
+            }
+            let out = OutputRecord {
+                seq: Seq(seq),
+                offset: seq,
+                session: Some(s),
+                epoch: Epoch(seq),
+                ingest_us: 0,
+                release_us: 0,
+                outcome: Ok(Values::F32(vec![1.0])),
+                lineage: vec![tag(0, seq), tag(1, seq)],
+            };
+            outputs.push((0, out));
+        }
+        let finals = (0..2u16).map(|m| (ModelId(m), BTreeMap::from([(s, fp(m, 2))]))).collect();
+        History {
+            lineage,
+            outputs,
+            partition: Partition {
+                accepted: 3,
+                watermark: 3,
+                above: BTreeSet::new(),
+            },
+            finals,
+        }
+    }
+
+    fn check_history(h: &History) -> Report {
+        let expected = |o: &OutputRecord| -> BTreeSet<ModelId> {
+            if o.outcome.is_ok() {
+                [ModelId(0), ModelId(1)].into()
+            } else {
+                BTreeSet::new()
+            }
+        };
+        let name = |m: ModelId| ["eye", "tracker"][m.0 as usize].to_string();
+        let e = Evidence {
+            partitions: BTreeMap::from([(0, h.partition.clone())]),
+            outputs: h.outputs.clone(),
+            lineage: h.lineage.clone(),
+            horizon: BTreeMap::new(),
+            final_states: Some(h.finals.clone()),
+            origin: &origin,
+            expected: &expected,
+            name: &name,
+        };
+        check(&e)
+    }
+
+    fn record(h: &mut History, m: u16, seq: u64) -> &mut LineageRecord {
+        &mut h.lineage.iter_mut().find(|(x, s, _)| x.0 == m && s.0 == seq).expect("recorded").2
+    }
+
+    /// The report is inconsistent and says `what` about tracker, session 7, `seq`.
+    fn fails(r: &Report, what: &str, seq: u64) {
+        assert!(!r.consistent(), "{r}");
+        let named = r
+            .problems
+            .iter()
+            .any(|p| p.contains(what) && p.contains(&format!("seq #{seq}")) && (p.contains("tracker") || p.contains("partition")));
+        assert!(named, "no problem naming {what:?} and seq {seq}:\n{r}");
+    }
+
+    #[test]
+    fn a_consistent_history_passes() {
+        let r = check_history(&consistent());
+        assert!(r.consistent(), "{r}");
+        assert_eq!((r.requests, r.released, r.executions), (3, 3, 6));
+    }
+
+    #[test]
+    fn a_fork_is_reported() {
+        let mut h = consistent();
+        // A second execution of seq 2 from the same state, with another noise draw.
+        let mut other = record(&mut h, 1, 2).clone();
+        other.fp = Fingerprint(99);
+        other.inc = Incarnation(1);
+        h.lineage.push((ModelId(1), Seq(2), other));
+        let r = check_history(&h);
+        fails(&r, "committed twice", 2);
+        assert!(r.problems.iter().any(|p| p.contains("session 7")), "{r}");
+    }
+
+    #[test]
+    fn a_reset_is_reported() {
+        let mut h = consistent();
+        // The state went back to zero without a start (a restart that lost it).
+        record(&mut h, 1, 2).prev_fp = origin(ModelId(1), SessionId(7));
+        fails(&check_history(&h), "reset", 2);
+    }
+
+    #[test]
+    fn a_session_found_not_open_is_reported() {
+        let mut h = consistent();
+        let rec = record(&mut h, 1, 2);
+        (rec.ok, rec.prev_fp, rec.fp) = (false, Fingerprint(0), Fingerprint(0));
+        fails(&check_history(&h), "state was lost", 2);
+    }
+
+    #[test]
+    fn a_gap_is_reported() {
+        let mut h = consistent();
+        record(&mut h, 1, 2).prev_fp = Fingerprint(12345);
+        fails(&check_history(&h), "gap", 2);
+    }
+
+    #[test]
+    fn an_orphan_tag_is_reported() {
+        let mut h = consistent();
+        // Released with an execution no backup committed.
+        h.lineage.retain(|(m, s, _)| !(m.0 == 1 && s.0 == 2));
+        h.finals.get_mut(&ModelId(1)).expect("model").insert(SessionId(7), fp(1, 1));
+        fails(&check_history(&h), "orphan", 2);
+    }
+
+    #[test]
+    fn a_tag_that_differs_from_the_commit_is_reported() {
+        let mut h = consistent();
+        h.outputs[1].1.lineage[1].fingerprint = Fingerprint(4);
+        fails(&check_history(&h), "released with inc 0 epoch 1 fp 4", 1);
+    }
+
+    #[test]
+    fn a_duplicate_first_execution_is_reported() {
+        let mut h = consistent();
+        let mut again = record(&mut h, 1, 0).clone();
+        again.fp = Fingerprint(77);
+        h.lineage.push((ModelId(1), Seq(0), again));
+        fails(&check_history(&h), "committed twice", 0);
+    }
+
+    #[test]
+    fn a_result_missing_a_tag_is_reported() {
+        let mut h = consistent();
+        h.outputs[1].1.lineage.retain(|t| t.model.0 != 1);
+        fails(&check_history(&h), "without that model's lineage tag", 1);
+    }
+
+    #[test]
+    fn an_i3_break_is_reported() {
+        let mut h = consistent();
+        record(&mut h, 1, 1).upstream[0].fingerprint = Fingerprint(5);
+        fails(&check_history(&h), "consumed model eye's execution", 1);
+    }
+
+    #[test]
+    fn a_final_state_that_is_not_the_chain_end_is_reported() {
+        let mut h = consistent();
+        h.finals.get_mut(&ModelId(1)).expect("model").insert(SessionId(7), fp(1, 0));
+        let r = check_history(&h);
+        assert!(!r.consistent() && r.state_mismatches == 1, "{r}");
+        assert!(r.problems[0].contains("tracker") && r.problems[0].contains("session 7"), "{r}");
+    }
+
+    #[test]
+    fn a_lost_release_is_reported() {
+        let mut h = consistent();
+        h.partition.accepted = 4;
+        let r = check_history(&h);
+        assert_eq!(r.lost, 1, "{r}");
+        assert!(r.problems[0].contains("offset Some(3)"), "{r}");
+    }
+
+    #[test]
+    fn a_duplicated_release_is_reported() {
+        let mut h = consistent();
+        let again = h.outputs[1].clone();
+        h.outputs.push(again);
+        let r = check_history(&h);
+        assert_eq!(r.duplicated, 1, "{r}");
+        fails(&r, "answered 2 times", 1);
+    }
+
+    #[test]
+    fn a_release_the_ledger_never_made_is_reported() {
+        let mut h = consistent();
+        h.partition.watermark = 2;
+        let r = check_history(&h);
+        assert!(r.lost == 1 && r.duplicated == 1, "{r}");
+        fails(&r, "not in the released ledger", 2);
     }
 }

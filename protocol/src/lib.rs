@@ -83,4 +83,4 @@ pub mod sim;
 pub mod view;
 
 pub use frontier::Frontier;
-pub use ids::{Epoch, ExecId, Fingerprint, Incarnation, Micros, ModelId, SessionId, Seq, View, WorkerId};
+pub use ids::{Epoch, ExecId, Fingerprint, Incarnation, Micros, ModelId, Seq, SessionId, View, WorkerId};

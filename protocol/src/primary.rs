@@ -11,10 +11,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::exec::{ItemResult, SessionUpdate};
 use crate::flow::{Envelope, Failure, Meta};
 use crate::ids::{Epoch, Incarnation, ModelId, Seq, WorkerId};
 use crate::records::{Delta, DeltaBody, Execution, LineageTag, RequestError, Values};
-use crate::exec::{ItemResult, SessionUpdate};
 
 /// What to do with a request of the current view at a stateful primary.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Epoch, Fingerprint, Incarnation, ModelId, SessionId, Seq, View, WorkerId};
+use crate::ids::{Epoch, Fingerprint, Incarnation, ModelId, Seq, SessionId, View, WorkerId};
 
 /// The tensor a request carries, flattened row-major.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,4 +301,59 @@ pub struct Watermark {
     pub partition: u32,
     /// Offsets below this are released.
     pub offset: u64,
+}
+
+/// The shape of a service graph, as a run records it for the checker (and
+/// so a restart can tell a different graph).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphShape {
+    /// The nodes, by index.
+    pub nodes: Vec<ShapeNode>,
+    /// The sink's inputs (`None`: the source).
+    pub sink: Vec<Option<ModelId>>,
+}
+
+/// One node of a [`GraphShape`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShapeNode {
+    /// Its name.
+    pub name: String,
+    /// It keeps a state per session.
+    pub stateful: bool,
+    /// Its inputs (`None`: the source).
+    pub inputs: Vec<Option<ModelId>>,
+}
+
+impl GraphShape {
+    fn reach(&self, from: &[Option<ModelId>], into: &mut std::collections::BTreeSet<ModelId>) {
+        for m in from.iter().flatten() {
+            if into.insert(*m) {
+                if let Some(n) = self.nodes.get(m.0 as usize) {
+                    self.reach(&n.inputs, into);
+                }
+            }
+        }
+    }
+
+    /// The stateful models a released record must carry a lineage tag of:
+    /// every stateful model on the path the request took to where it ended.
+    pub fn expected(&self, o: &OutputRecord) -> std::collections::BTreeSet<ModelId> {
+        let mut on_path = std::collections::BTreeSet::new();
+        match &o.outcome {
+            Ok(_) => self.reach(&self.sink, &mut on_path),
+            Err(e) => {
+                if let Some(i) = self.nodes.iter().position(|n| n.name == e.node) {
+                    let me = ModelId(i as u16);
+                    self.reach(&[Some(me)], &mut on_path);
+                }
+            }
+        }
+        on_path.retain(|m| self.nodes.get(m.0 as usize).is_some_and(|n| n.stateful));
+        on_path
+    }
+
+    /// The name of `m` (or its index, for a model the shape lacks).
+    pub fn name(&self, m: ModelId) -> String {
+        self.nodes.get(m.0 as usize).map_or_else(|| m.to_string(), |n| n.name.clone())
+    }
 }

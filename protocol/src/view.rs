@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::frontier::Frontier;
-use crate::ids::{Epoch, ExecId, Incarnation, ModelId, SessionId, Seq, View, WorkerId};
+use crate::ids::{Epoch, ExecId, Incarnation, ModelId, Seq, SessionId, View, WorkerId};
 use crate::records::{Cut, Execution, Recover, SessionState};
 
 /// Where a stateful model's replicas are, in the current view.

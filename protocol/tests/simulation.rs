@@ -23,12 +23,16 @@ fn report(cfg: &Config) -> Option<String> {
 
 #[test]
 fn seeded_fault_schedules_keep_every_invariant() {
-    if let Some(seed) = std::env::var("HAMS_SIM_SEED").ok() {
+    if let Ok(seed) = std::env::var("HAMS_SIM_SEED") {
         let seed: u64 = seed.parse().expect("HAMS_SIM_SEED must be a number");
-        let cfg = Schedule::from_seed(seed);
+        let mut cfg = Schedule::from_seed(seed);
         eprintln!("replaying seed {seed}: {}", cfg.describe());
+        cfg.trace = std::env::var_os("HAMS_SIM_TRACE").is_some();
         let out = run(cfg.clone());
-        eprintln!("{out:?}");
+        for line in &out.trace {
+            eprintln!("{line}");
+        }
+        cfg.trace = false;
         if let Some(r) = report(&cfg) {
             panic!("{r}\n  smallest failing variant: {}", shrink(cfg).describe());
         }

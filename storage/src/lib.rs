@@ -8,10 +8,13 @@
 //! - [`log`]: partitioned append-only logs with offsets and consumer positions.
 //! - [`released`]: which `seq`s have been released, durably.
 //! - [`request`]: request wire formats and the seeded generator.
-//! - [`record`]: durable record types (source, output, lineage, errors).
+//! - [`schema`]: every column family, key layout and record type, in one table.
+//! - [`record`]: the durable record types (the protocol's).
+//! - [`backup`]: a backup's writes ([`hams_protocol::backup::Durable`]).
 //! - [`codec`]: versioned, checksummed record envelopes.
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod codec;
 pub mod error;
 pub mod layout;
@@ -19,6 +22,7 @@ pub mod log;
 pub mod record;
 pub mod released;
 pub mod request;
+pub mod schema;
 pub mod store;
 
 pub use error::{Error, Result};

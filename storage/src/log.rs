@@ -14,19 +14,10 @@ pub struct Log {
     cf: Cf,
 }
 
-fn key(partition: u32, offset: u64) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&partition.to_be_bytes());
-    k[4..].copy_from_slice(&offset.to_be_bytes());
-    k
-}
+use crate::schema::{log_key as key, log_key_parts, log_meta_key as meta_key};
 
 fn offset_of(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[4..12].try_into().expect("log keys are 12 bytes"))
-}
-
-fn meta_key(kind: &str, cf: Cf, partition: u32, group: &str) -> Vec<u8> {
-    format!("{kind}/{}/{partition}/{group}", cf.name()).into_bytes()
+    log_key_parts(key).1
 }
 
 impl Log {

@@ -15,12 +15,7 @@ use crate::store::{Batch, Cf, Store};
 /// Consumer group name under which the sink commits source positions.
 pub const SINK_GROUP: &str = "sink";
 
-fn key(partition: u32, offset: u64) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&partition.to_be_bytes());
-    k[4..].copy_from_slice(&offset.to_be_bytes());
-    k
-}
+use crate::schema::log_key as key;
 
 /// The released set of one source partition.
 #[derive(Debug)]
@@ -75,11 +70,11 @@ impl Released {
     /// the advanced watermark (the consumer position) and the garbage
     /// collection of ledger entries under it, so one commit does all. Call
     /// [`Released::apply`] with the result once the batch is durable.
-    pub fn stage(&self, batch: &mut Batch, released: &[(u64, u64)]) -> Staged {
+    pub fn stage(&self, batch: &mut Batch, released: &[(u64, hams_protocol::Seq)]) -> Staged {
         let mut offsets = Vec::with_capacity(released.len());
         for &(offset, seq) in released {
             if !self.contains(offset) {
-                batch.put(&self.store, Cf::Released, &key(self.partition, offset), &seq);
+                batch.put(&self.store, Cf::Released, &key(self.partition, offset), &seq.0);
                 offsets.push(offset);
             }
         }
@@ -111,6 +106,25 @@ impl Released {
     }
 }
 
+/// The exactly-once evidence of `partition` in `store`: the accepted
+/// positions (the source log's end), the ledger, and the output records
+/// still stored (the checker's input for I1).
+pub fn evidence(store: &Arc<Store>, partition: u32) -> Result<(hams_protocol::invariants::Partition, Vec<crate::OutputRecord>)> {
+    let released = Released::load(store.clone(), partition)?;
+    let accepted = Log::new(store.clone(), Cf::Source).end_offset(partition)?;
+    let outputs = Log::new(store.clone(), Cf::Output)
+        .read::<crate::OutputRecord>(partition, 0, usize::MAX)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let part = hams_protocol::invariants::Partition {
+        accepted,
+        watermark: released.watermark(),
+        above: released.pending().collect(),
+    };
+    Ok((part, outputs))
+}
+
 /// Releases staged in a batch, to [`Released::apply`] after its commit.
 #[derive(Debug)]
 #[must_use]
@@ -137,7 +151,7 @@ mod tests {
         let mut r = Released::load(store.clone(), 1).unwrap();
         for batch_offsets in [vec![0u64, 2], vec![1, 5]] {
             let mut b = Batch::new();
-            let pairs: Vec<(u64, u64)> = batch_offsets.iter().map(|o| (*o, o * 10)).collect();
+            let pairs: Vec<(u64, hams_protocol::Seq)> = batch_offsets.iter().map(|o| (*o, hams_protocol::Seq(o * 10))).collect();
             let staged = r.stage(&mut b, &pairs);
             store.commit(b, true).unwrap();
             r.apply(staged);

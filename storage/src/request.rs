@@ -12,35 +12,7 @@ use crate::error::{Error, Result};
 
 const BINARY_MAGIC: &[u8; 4] = b"HRQ1";
 
-/// The tensor a request carries, flattened row-major.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Values {
-    /// Real-valued features.
-    F32(Vec<f32>),
-    /// Token ids for embedding models.
-    Tokens(Vec<u32>),
-}
-
-impl Values {
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        match self {
-            Values::F32(v) => v.len(),
-            Values::Tokens(v) => v.len(),
-        }
-    }
-    /// True when there is no element.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// The element type's name, for error messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Values::F32(_) => "f32",
-            Values::Tokens(_) => "tokens",
-        }
-    }
-}
+pub use hams_protocol::records::Values;
 
 /// One inference request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

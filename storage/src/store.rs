@@ -211,7 +211,7 @@ impl Store {
     }
 
     fn check_format_record(&self, fresh: bool) -> Result<()> {
-        const KEY: &[u8] = b"format";
+        const KEY: &[u8] = crate::schema::FORMAT_KEY;
         if fresh {
             let mut b = Batch::new();
             b.put(self, Cf::Meta, KEY, &FORMAT.to_string());

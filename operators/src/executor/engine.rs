@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use hams_protocol::{Fingerprint, Seq, SessionId};
 use hams_storage::{ErrorKind, Values};
 
-use super::protocol::{InferRequest, InferResponse, Item, ItemError, Output, SessionState, SessionUpdate};
+use super::protocol::{InferRequest, InferResponse, Item, ItemError, ItemResult, SessionState, SessionUpdate};
 use crate::error::Result;
 use crate::model::noise::Noise;
 use crate::model::{self, Input, Model, ModelSpec};
@@ -16,7 +17,15 @@ use crate::model::{self, Input, Model, ModelSpec};
 pub struct Engine {
     model: Box<dyn Model>,
     noise: Noise,
-    sessions: HashMap<u64, SessionState>,
+    sessions: HashMap<SessionId, SessionState>,
+}
+
+/// One item's output before its fingerprints are settled.
+#[derive(Debug, Clone)]
+struct Output {
+    values: Vec<f32>,
+    prev_fp: Fingerprint,
+    fp: Fingerprint,
 }
 
 /// 64-bit FNV-1a step.
@@ -25,18 +34,20 @@ fn mix(h: u64, bytes: &[u8]) -> u64 {
 }
 
 /// Fingerprint of a session before its first execution.
-pub fn session_origin(model: &str, session: u64) -> u64 {
-    mix(mix(0xcbf2_9ce4_8422_2325, model.as_bytes()), &session.to_le_bytes())
+pub fn session_origin(model: &str, session: SessionId) -> Fingerprint {
+    Fingerprint(mix(mix(0xcbf2_9ce4_8422_2325, model.as_bytes()), &session.0.to_le_bytes()))
 }
 
-/// Chains one execution onto `prev`: the request, its input and the noise draw.
-pub fn chain(prev: u64, seq: u64, input: &Values, draw: u64) -> u64 {
-    let mut h = mix(prev, &seq.to_le_bytes());
+/// Chains one execution onto `prev`: the request, its input, the noise draw
+/// and the state it produced (so a state that silently changed shows).
+pub fn chain(prev: Fingerprint, seq: Seq, input: &Values, draw: u64, state: &[f32]) -> Fingerprint {
+    let mut h = mix(prev.0, &seq.0.to_le_bytes());
     h = match input {
         Values::F32(v) => v.iter().fold(h, |h, x| mix(h, &x.to_bits().to_le_bytes())),
         Values::Tokens(t) => t.iter().fold(h, |h, x| mix(h, &x.to_le_bytes())),
     };
-    mix(h, &draw.to_le_bytes())
+    h = mix(h, &draw.to_le_bytes());
+    Fingerprint(state.iter().fold(h, |h, x| mix(h, &x.to_bits().to_le_bytes())))
 }
 
 impl std::fmt::Debug for Engine {
@@ -73,7 +84,7 @@ impl Engine {
     }
 
     /// Replaces every session state (a promoted backup's states).
-    pub fn restore(&mut self, states: Vec<(u64, SessionState)>) {
+    pub fn restore(&mut self, states: Vec<(SessionId, SessionState)>) {
         self.sessions = states.into_iter().collect();
     }
 
@@ -129,22 +140,21 @@ impl Engine {
     /// appearing several times is stepped once per occurrence, in order.
     pub fn infer(&mut self, req: &InferRequest) -> InferResponse {
         let started = Instant::now();
-        let mut outputs: Vec<std::result::Result<Output, ItemError>> =
-            vec![Err(item_error(ErrorKind::Inference, String::new())); req.items.len()];
+        let mut outcomes: Vec<Option<std::result::Result<Output, ItemError>>> = vec![None; req.items.len()];
         let mut draws = Vec::new();
         let mut changed = BTreeMap::new();
         // Waves: the k-th occurrence of each session goes to wave k.
         let mut waves: Vec<Vec<usize>> = Vec::new();
-        let mut occurrences: HashMap<u64, usize> = HashMap::new();
+        let mut occurrences: HashMap<SessionId, usize> = HashMap::new();
         let stateful = self.model.spec().is_stateful();
         // Whether each session is open at this point of the batch (ends and starts apply in order).
-        let mut open: HashMap<u64, bool> = HashMap::new();
+        let mut open: HashMap<SessionId, bool> = HashMap::new();
         for (i, item) in req.items.iter().enumerate() {
             let known = item
                 .session
                 .is_some_and(|s| open.get(&s).copied().unwrap_or_else(|| self.sessions.contains_key(&s)));
             if let Err(e) = self.validate(item, known) {
-                outputs[i] = Err(e);
+                outcomes[i] = Some(Err(e));
                 continue;
             }
             let wave = match (stateful, item.session) {
@@ -161,13 +171,18 @@ impl Engine {
             }
             waves[wave].push(i);
         }
+        let before: HashMap<SessionId, Fingerprint> = if stateful {
+            self.sessions.iter().map(|(s, st)| (*s, st.fp)).collect()
+        } else {
+            HashMap::new()
+        };
         for wave in waves {
             let draw = self.noise.draw();
             let items: Vec<&Item> = wave.iter().map(|&i| &req.items[i]).collect();
             match self.run_wave(&items, draw) {
                 Ok(rows) => {
                     for (&i, row) in wave.iter().zip(rows) {
-                        outputs[i] = Ok(row);
+                        outcomes[i] = Some(Ok(row));
                         if let (true, Some(s)) = (stateful, req.items[i].session) {
                             changed.insert(s, ());
                         }
@@ -175,12 +190,49 @@ impl Engine {
                 }
                 Err(e) => {
                     for &i in &wave {
-                        outputs[i] = Err(item_error(ErrorKind::Inference, e.to_string()));
+                        outcomes[i] = Some(Err(item_error(ErrorKind::Inference, e.to_string())));
                     }
                 }
             }
             draws.push(draw);
         }
+        // A refused item leaves its session as it stood at that point of the batch.
+        let mut at: HashMap<SessionId, Fingerprint> = before;
+        let outputs = req
+            .items
+            .iter()
+            .zip(outcomes)
+            .map(|(item, outcome)| {
+                let outcome = outcome.unwrap_or_else(|| Err(item_error(ErrorKind::Inference, String::new())));
+                match (outcome, item.session.filter(|_| stateful)) {
+                    (Ok(o), Some(s)) => {
+                        if item.end {
+                            at.remove(&s);
+                        } else {
+                            at.insert(s, o.fp);
+                        }
+                        ItemResult {
+                            outcome: Ok(o.values),
+                            prev_fp: o.prev_fp,
+                            fp: o.fp,
+                        }
+                    }
+                    (Ok(o), None) => ItemResult {
+                        outcome: Ok(o.values),
+                        prev_fp: Fingerprint(0),
+                        fp: Fingerprint(0),
+                    },
+                    (Err(e), s) => {
+                        let fp = s.and_then(|s| at.get(&s).copied()).unwrap_or(Fingerprint(0));
+                        ItemResult {
+                            outcome: Err(e),
+                            prev_fp: fp,
+                            fp,
+                        }
+                    }
+                }
+            })
+            .collect();
         let delta = changed
             .into_keys()
             .map(|s| SessionUpdate {
@@ -243,16 +295,16 @@ impl Engine {
                         Some(st) if !item.start => st.fp,
                         _ => session_origin(name, s),
                     };
-                    let fp = chain(prev, item.seq, &item.input, draw);
+                    let state = fwd.state[i * state_len..(i + 1) * state_len].to_vec();
+                    let fp = chain(prev, item.seq, &item.input, draw, &state);
                     if item.end {
                         self.sessions.remove(&s);
                     } else {
-                        let state = fwd.state[i * state_len..(i + 1) * state_len].to_vec();
                         self.sessions.insert(s, SessionState { state, fp });
                     }
                     (prev, fp)
                 }
-                None => (0, 0),
+                None => (Fingerprint(0), Fingerprint(0)),
             };
             outs.push(Output {
                 values: values.to_vec(),
@@ -285,8 +337,8 @@ mod tests {
 
     fn item(seq: u64, session: u64, start: bool, end: bool) -> Item {
         Item {
-            seq,
-            session: Some(session),
+            seq: Seq(seq),
+            session: Some(SessionId(session)),
             start,
             end,
             input: Values::F32(vec![0.5, -0.5]),
@@ -298,24 +350,35 @@ mod tests {
         let mut e = lstm();
         let r = e.infer(&InferRequest {
             ticket: 0,
-            epoch: 0,
+            epoch: hams_protocol::Epoch(0),
             items: vec![item(0, 7, true, false), item(1, 8, true, false), item(2, 7, false, false)],
         });
-        assert!(r.outputs.iter().all(|o| o.is_ok()));
+        assert!(r.outputs.iter().all(|o| o.outcome.is_ok()));
         assert_eq!(r.delta.len(), 2);
         assert!(r.delta.iter().all(|u| u.state.as_ref().is_some_and(|s| s.state.len() == 8)));
-        let o: Vec<_> = r.outputs.into_iter().map(|o| o.unwrap()).collect();
-        assert_eq!(o[0].prev_fp, session_origin("l", 7));
+        let o: Vec<_> = r.outputs;
+        assert_eq!(o[0].prev_fp, session_origin("l", SessionId(7)));
         assert_eq!(o[2].prev_fp, o[0].fp, "second step of session 7 chains on the first");
         assert_eq!(e.sessions(), 2);
         // Ending a session drops it; a request for it afterwards is refused.
         let r = e.infer(&InferRequest {
             ticket: 1,
-            epoch: 1,
-            items: vec![item(3, 7, false, true), item(4, 7, false, false)],
+            epoch: hams_protocol::Epoch(1),
+            items: vec![item(3, 7, false, true), item(4, 7, false, false), item(5, 8, false, false)],
         });
-        assert!(r.outputs[0].is_ok());
-        assert_eq!(r.outputs[1].as_ref().unwrap_err().kind, ErrorKind::UnknownSession);
-        assert_eq!(r.delta, vec![SessionUpdate { session: 7, state: None }]);
+        assert!(r.outputs[0].outcome.is_ok());
+        // Refused after the end: the session is not open, so its fingerprint is 0.
+        assert_eq!(r.outputs[1].outcome.as_ref().unwrap_err().kind, ErrorKind::UnknownSession);
+        assert_eq!((r.outputs[1].prev_fp, r.outputs[1].fp), (Fingerprint(0), Fingerprint(0)));
+        assert_eq!(r.delta.len(), 2);
+        assert_eq!(
+            r.delta[0],
+            SessionUpdate {
+                session: SessionId(7),
+                state: None
+            }
+        );
+        // Session 8 is open: a refusal would carry its fingerprint; this one steps it.
+        assert_eq!(r.outputs[2].prev_fp, o[1].fp);
     }
 }

@@ -17,15 +17,15 @@ use crate::model::ModelSpec;
 ///     output_len: 2, weights: Weights::Seeded(3), backend: BackendKind::Candle,
 ///     device: "cpu".into(), noise: 0.0 };
 /// let ex = inproc::spawn(&spec, "primary");
-/// let item = Item { seq: 0, session: None, start: false, end: false, input: Values::F32(vec![0.1; 4]) };
-/// ex.send(ToExecutor::Infer(InferRequest { ticket: 1, epoch: 0, items: vec![item] }));
+/// let item = Item { seq: hams_protocol::Seq(0), session: None, start: false, end: false, input: Values::F32(vec![0.1; 4]) };
+/// ex.send(ToExecutor::Infer(InferRequest { ticket: 1, epoch: hams_protocol::Epoch(0), items: vec![item] }));
 /// let done = loop {
 ///     match ex.try_event() {
 ///         Some(Event::Done(r)) => break r,
 ///         _ => std::thread::yield_now(),
 ///     }
 /// };
-/// assert_eq!(done.outputs[0].as_ref().unwrap().values.len(), 2);
+/// assert_eq!(done.outputs[0].outcome.as_ref().unwrap().len(), 2);
 /// ```
 pub fn spawn(spec: &ModelSpec, replica: &str) -> ExecutorHandle {
     let (shared, events) = Shared::new(false);

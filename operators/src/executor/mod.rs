@@ -45,6 +45,20 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event as the protocol's roles see it.
+    pub fn into_core(self) -> hams_protocol::exec::ExecEvent {
+        use hams_protocol::exec::ExecEvent;
+        match self {
+            Event::Ready { .. } => ExecEvent::Ready,
+            Event::Done(r) => ExecEvent::Done(r),
+            Event::Pong(n) => ExecEvent::Pong(n),
+            Event::Restored => ExecEvent::Restored,
+            Event::Died { reason } => ExecEvent::Died { reason },
+        }
+    }
+}
+
 /// How long an executor may take to load its model before it counts as hung.
 pub const LOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 

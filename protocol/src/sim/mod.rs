@@ -100,6 +100,8 @@ pub struct Config {
     pub load_us: Micros,
     /// The faults.
     pub faults: Vec<Fault>,
+    /// Record what happens in [`Outcome::trace`].
+    pub trace: bool,
 }
 
 impl Config {
@@ -128,6 +130,7 @@ impl Config {
             service_us: 300,
             load_us: 3000,
             faults: Vec::new(),
+            trace: false,
         }
     }
 
@@ -163,7 +166,11 @@ impl Config {
             self.threads,
             self.requests,
             self.gap_us,
-            if self.nondeterministic { "nondeterministic, " } else { "deterministic, " },
+            if self.nondeterministic {
+                "nondeterministic, "
+            } else {
+                "deterministic, "
+            },
             if self.stop_and_buffer { "stop-and-buffer, " } else { "" },
             if self.write_failures { "failing writes, " } else { "" },
             if self.bad_every > 0 { "bad requests, " } else { "" },
@@ -211,14 +218,18 @@ impl Schedule {
         for _ in 0..n {
             let kind = if rng.gen_ratio(1, 5) { FaultKind::Hang } else { FaultKind::Kill };
             let target = match rng.gen_range(0..6) {
-                0 | 1 | 2 => Target::Primary(stateful[rng.gen_range(0..stateful.len())]),
-                3 | 4 => Target::Spare(stateful[rng.gen_range(0..stateful.len())]),
+                0..=2 => Target::Primary(stateful[rng.gen_range(0..stateful.len())]),
+                3..=4 => Target::Spare(stateful[rng.gen_range(0..stateful.len())]),
                 _ if !stateless.is_empty() => Target::Stateless(stateless[rng.gen_range(0..stateless.len())]),
                 _ => Target::Primary(stateful[0]),
             };
             c.faults.push(Fault { target, kind, at: t });
             // Often the next fault lands during the recovery from this one.
-            t += if rng.gen_ratio(1, 2) { rng.gen_range(0..3_000) } else { rng.gen_range(0..span) };
+            t += if rng.gen_ratio(1, 2) {
+                rng.gen_range(0..3_000)
+            } else {
+                rng.gen_range(0..span)
+            };
         }
         c
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::exec::{InferRequest, InferResponse, ItemResult, SessionUpdate};
-use crate::ids::{Fingerprint, ModelId, SessionId, Seq, WorkerId};
+use crate::ids::{Fingerprint, ModelId, Seq, SessionId, WorkerId};
 use crate::records::{ErrorKind, ItemError, SessionState, Values};
 
 /// Where a node's input comes from.
@@ -75,11 +75,7 @@ impl Graph {
             },
             Graph {
                 name: "mixed",
-                nodes: vec![
-                    n("mood", true, &[S]),
-                    n("words", false, &[S]),
-                    n("summary", true, &[N(0), N(1)]),
-                ],
+                nodes: vec![n("mood", true, &[S]), n("words", false, &[S]), n("summary", true, &[N(0), N(1)])],
                 sink: vec![N(2), N(1)],
             },
         ]
@@ -182,9 +178,7 @@ pub fn place(g: &Graph, workers: usize, threads: usize) -> Placement {
 
 /// 64-bit FNV-1a over words.
 pub fn mix(h: u64, x: u64) -> u64 {
-    x.to_le_bytes()
-        .iter()
-        .fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+    x.to_le_bytes().iter().fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// A session's fingerprint before its first execution.
@@ -239,7 +233,11 @@ pub fn run_batch(
             (true, _) => (origin(model, session), vec![0.0; STATE]),
             (false, Some(s)) => (s.fp, s.state.clone()),
             (false, None) => {
-                outputs.push(refused(ErrorKind::UnknownSession, format!("session {session} not open"), Fingerprint(0)));
+                outputs.push(refused(
+                    ErrorKind::UnknownSession,
+                    format!("session {session} not open"),
+                    Fingerprint(0),
+                ));
                 continue;
             }
         };

@@ -29,7 +29,7 @@ use crate::exec::{ExecEvent, ToExecutor};
 use crate::flow::{Envelope, Failure, Meta, Route};
 use crate::frontier::Frontier;
 use crate::health::Deadlines;
-use crate::ids::{Epoch, ExecId, Incarnation, Micros, ModelId, SessionId, Seq, View, WorkerId};
+use crate::ids::{Epoch, ExecId, Incarnation, Micros, ModelId, Seq, SessionId, View, WorkerId};
 use crate::infer::{InferAction, InferConfig, InferCore};
 use crate::invariants::{self, Evidence, Partition};
 use crate::join::JoinCore;
@@ -52,7 +52,7 @@ impl Hasher for FastHasher {
         }
     }
     fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7cc1_b727_220a_95);
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
     fn write_usize(&mut self, x: usize) {
         self.write_u64(x as u64);
@@ -165,6 +165,8 @@ pub struct Outcome {
     pub events: u64,
     /// Events by kind: deliveries, activations, executor events, ticks, faults.
     pub by_kind: [u64; 5],
+    /// What happened, when [`super::Config::trace`] is on.
+    pub trace: Vec<String>,
 }
 
 pub(super) struct World {
@@ -328,7 +330,7 @@ impl World {
             dirty: true,
             last_fault: 0,
             out: Outcome::default(),
-            trace: std::env::var_os("HAMS_SIM_TRACE").is_some(),
+            trace: cfg.trace,
             cfg,
         };
         let deadlines = Deadlines {
@@ -396,10 +398,9 @@ impl World {
         }
     }
 
-    fn log(&self, what: impl FnOnce() -> String) {
-        if self.trace {
-            eprintln!("[{:>8}us] {}", self.now, what());
-        }
+    fn log(&mut self, line: String) {
+        let line = format!("[{:>8}us] {line}", self.now);
+        self.out.trace.push(line);
     }
 
     fn jitter(&mut self, max: Micros) -> Micros {
@@ -542,7 +543,9 @@ impl World {
     /// before this activation consumes anything.
     fn frontiers(&self, op: Op) -> Vec<Frontier> {
         let n = self.edges.get(&op).map_or(0, Vec::len);
-        (0..n).map(|p| self.last_frontiers.get(&(op, p)).copied().unwrap_or(Frontier::at(Epoch(0)))).collect()
+        (0..n)
+            .map(|p| self.last_frontiers.get(&(op, p)).copied().unwrap_or(Frontier::at(Epoch(0))))
+            .collect()
     }
 
     /// Operators whose input frontier moved are woken, each worker after its own delay.
@@ -633,7 +636,16 @@ impl World {
             } else {
                 (Op::Infer(j), 0)
             };
-            self.send(w, to, Msg { op, port, epoch: Some(epoch), body: Body::Env(env.clone()) });
+            self.send(
+                w,
+                to,
+                Msg {
+                    op,
+                    port,
+                    epoch: Some(epoch),
+                    body: Body::Env(env.clone()),
+                },
+            );
         }
         if let Some(k) = self.g.sink.iter().position(|x| *x == from) {
             let home = env.meta.home as usize;
@@ -642,13 +654,31 @@ impl World {
             } else {
                 (Op::Sink, 0)
             };
-            self.send(w, home, Msg { op, port, epoch: Some(epoch), body: Body::Env(env) });
+            self.send(
+                w,
+                home,
+                Msg {
+                    op,
+                    port,
+                    epoch: Some(epoch),
+                    body: Body::Env(env),
+                },
+            );
         }
     }
 
     fn fail(&mut self, w: usize, epoch: Epoch, f: Failure) {
         let home = f.meta.home as usize;
-        self.send(w, home, Msg { op: Op::Sink, port: 1, epoch: Some(epoch), body: Body::Fail(f) });
+        self.send(
+            w,
+            home,
+            Msg {
+                op: Op::Sink,
+                port: 1,
+                epoch: Some(epoch),
+                body: Body::Fail(f),
+            },
+        );
     }
 
     fn broadcast_cut(&mut self, w: usize, i: usize, cut: Cut) {
@@ -661,10 +691,37 @@ impl World {
             .collect();
         for to in 0..self.workers {
             let epoch = Some(cut.epoch);
-            self.send(w, to, Msg { op: Op::Sink, port: 2 + idx, epoch, body: Body::Cut(cut) });
-            self.send(w, to, Msg { op: Op::Views, port: idx, epoch, body: Body::Cut(cut) });
+            self.send(
+                w,
+                to,
+                Msg {
+                    op: Op::Sink,
+                    port: 2 + idx,
+                    epoch,
+                    body: Body::Cut(cut),
+                },
+            );
+            self.send(
+                w,
+                to,
+                Msg {
+                    op: Op::Views,
+                    port: idx,
+                    epoch,
+                    body: Body::Cut(cut),
+                },
+            );
             for (j, port) in &downstream {
-                self.send(w, to, Msg { op: Op::Backup(*j), port: *port, epoch, body: Body::Cut(cut) });
+                self.send(
+                    w,
+                    to,
+                    Msg {
+                        op: Op::Backup(*j),
+                        port: *port,
+                        epoch,
+                        body: Body::Cut(cut),
+                    },
+                );
             }
         }
     }
@@ -752,7 +809,15 @@ impl World {
                     kind: ErrorKind::Shape,
                     message: "bad request".into(),
                 };
-                self.fail(w, epoch, Failure { meta, error, lineage: Vec::new() });
+                self.fail(
+                    w,
+                    epoch,
+                    Failure {
+                        meta,
+                        error,
+                        lineage: Vec::new(),
+                    },
+                );
                 continue;
             }
             let env = Envelope {
@@ -783,10 +848,28 @@ impl World {
         for (epoch, env) in out {
             if i == self.g.nodes.len() {
                 let home = env.meta.home as usize;
-                self.send(w, home, Msg { op: Op::Sink, port: 0, epoch: Some(epoch), body: Body::Env(env) });
+                self.send(
+                    w,
+                    home,
+                    Msg {
+                        op: Op::Sink,
+                        port: 0,
+                        epoch: Some(epoch),
+                        body: Body::Env(env),
+                    },
+                );
             } else {
                 let to = self.target(w, i, &env.meta);
-                self.send(w, to, Msg { op: Op::Infer(i), port: 0, epoch: Some(epoch), body: Body::Env(env) });
+                self.send(
+                    w,
+                    to,
+                    Msg {
+                        op: Op::Infer(i),
+                        port: 0,
+                        epoch: Some(epoch),
+                        body: Body::Env(env),
+                    },
+                );
             }
         }
     }
@@ -812,15 +895,15 @@ impl World {
                 }
             }
         }
-        if self.trace && core.depth() > 0 {
-            eprintln!("[{:>8}us] w{w} {} frontier {:?} depth {}", self.now, self.g.nodes[i].name, frontier, core.depth());
-        }
         let acts = core.step(self.now, &mut self.tables[w], frontier);
         let wake = core.wake_after();
         // Timely lets an operator send only at an epoch it holds a capability for.
         let least = Frontier::of(before.data.iter().chain(&before.delta).chain(&arrived).copied()).meet(frontier);
         for a in acts {
-            self.log(|| format!("w{w} {}: {}", self.g.nodes[i].name, brief(&a)));
+            if self.trace {
+                let line = format!("w{w} {}: {}", self.g.nodes[i].name, brief(&a));
+                self.log(line);
+            }
             match a {
                 InferAction::Spawn { exec, .. } => self.spawn(w, i, exec, Op::Infer(i)),
                 InferAction::Adopt(exec) => self.adopt(w, exec, Op::Infer(i)),
@@ -843,12 +926,33 @@ impl World {
                 }
                 InferAction::Delta { epoch, delta } => {
                     if least.passed(epoch) {
-                        self.violation(format!("{} on w{w} sent a delta at {epoch} without a capability", self.g.nodes[i].name));
+                        self.violation(format!(
+                            "{} on w{w} sent a delta at {epoch} without a capability",
+                            self.g.nodes[i].name
+                        ));
                     }
                     let to = delta.to.0;
-                    self.send(w, to, Msg { op: Op::Backup(i), port: 0, epoch: Some(epoch), body: Body::Delta(delta) });
+                    self.send(
+                        w,
+                        to,
+                        Msg {
+                            op: Op::Backup(i),
+                            port: 0,
+                            epoch: Some(epoch),
+                            body: Body::Delta(delta),
+                        },
+                    );
                 }
-                InferAction::Failed(f) => self.send(w, 0, Msg { op: Op::Coord, port: 0, epoch: None, body: Body::Failed(f) }),
+                InferAction::Failed(f) => self.send(
+                    w,
+                    0,
+                    Msg {
+                        op: Op::Coord,
+                        port: 0,
+                        epoch: None,
+                        body: Body::Failed(f),
+                    },
+                ),
             }
         }
         if let Some(d) = wake {
@@ -892,7 +996,10 @@ impl World {
             self.violation(p);
         }
         for a in acts {
-            self.log(|| format!("w{w} {} backup: {a:?}", self.g.nodes[i].name));
+            if self.trace {
+                let line = format!("w{w} {} backup: {a:?}", self.g.nodes[i].name);
+                self.log(line);
+            }
             match a {
                 BackupAction::Spawn(exec) => self.spawn(w, i, exec, Op::Backup(i)),
                 BackupAction::Adopt(exec) => self.adopt(w, exec, Op::Backup(i)),
@@ -940,12 +1047,7 @@ impl World {
             });
         }
         let stateful = self.g.stateful();
-        let decided = self.sinks[w].decide(|m| {
-            stateful
-                .iter()
-                .position(|j| *j == m.0 as usize)
-                .map(|k| frontiers[2 + k])
-        });
+        let decided = self.sinks[w].decide(|m| stateful.iter().position(|j| *j == m.0 as usize).map(|k| frontiers[2 + k]));
         self.out.orphans += decided.orphans;
         let s = &mut self.sources[w];
         let before = s.watermark;
@@ -975,7 +1077,17 @@ impl World {
                     ));
                 }
             }
-            self.log(|| format!("w{w} sink released {} {:?} {:?}", rec.seq, rec.outcome.as_ref().map(|_| ()), rec.lineage));
+            if self.trace {
+                let line = {
+                    format!(
+                        "w{w} sink released {} {:?} {:?}",
+                        rec.seq,
+                        rec.outcome.as_ref().map(|_| ()),
+                        rec.lineage
+                    )
+                };
+                self.log(line);
+            }
             self.outputs.push((w as u32, rec));
         }
         if let Some(offset) = advanced {
@@ -984,7 +1096,16 @@ impl World {
                     partition: w as u32,
                     offset,
                 };
-                self.send(w, to, Msg { op: Op::Views, port: 0, epoch: None, body: Body::Watermark(wm) });
+                self.send(
+                    w,
+                    to,
+                    Msg {
+                        op: Op::Views,
+                        port: 0,
+                        epoch: None,
+                        body: Body::Watermark(wm),
+                    },
+                );
             }
             self.activate(Op::Source, w, 0);
         }
@@ -1010,7 +1131,10 @@ impl World {
         let applied = t.advance();
         if !applied.is_empty() {
             let v = t.view();
-            self.log(|| format!("w{w} view {v}: {applied:?}"));
+            if self.trace {
+                let line = format!("w{w} view {v}: {applied:?}");
+                self.log(line);
+            }
             news = true;
         }
         // Everyone on this worker reads the table: wake whoever it concerns.
@@ -1026,9 +1150,21 @@ impl World {
         for m in self.take(Op::Coord, w) {
             if let Body::Failed(f) = m.body {
                 if let Some(r) = self.coordinator.on_failed(&f) {
-                    self.log(|| format!("coordinator: {r:?}"));
+                    if self.trace {
+                        let line = format!("coordinator: {r:?}");
+                        self.log(line);
+                    }
                     for to in 0..self.workers {
-                        self.send(w, to, Msg { op: Op::Views, port: 0, epoch: None, body: Body::Recover(r.clone()) });
+                        self.send(
+                            w,
+                            to,
+                            Msg {
+                                op: Op::Views,
+                                port: 0,
+                                epoch: None,
+                                body: Body::Recover(r.clone()),
+                            },
+                        );
                     }
                 }
             }
@@ -1054,7 +1190,14 @@ impl World {
                 rng,
             },
         );
-        self.at(self.now + load, Ev::Exec { w, exec, ev: ExecEvent::Ready });
+        self.at(
+            self.now + load,
+            Ev::Exec {
+                w,
+                exec,
+                ev: ExecEvent::Ready,
+            },
+        );
     }
 
     fn adopt(&mut self, w: usize, exec: ExecId, owner: Op) {
@@ -1122,9 +1265,7 @@ impl World {
         }
         ex.alive = false;
         let seen = 50 + self.jitter(500);
-        let ev = ExecEvent::Died {
-            reason: "killed".into(),
-        };
+        let ev = ExecEvent::Died { reason: "killed".into() };
         self.at(self.now + seen, Ev::Exec { w, exec, ev });
     }
 
@@ -1152,7 +1293,10 @@ impl World {
             return;
         }
         self.fired[k] = true;
-        self.log(|| format!("fault {k}: {:?} {:?} exec {exec} on w{w}", f.kind, f.target));
+        if self.trace {
+            let line = format!("fault {k}: {:?} {:?} exec {exec} on w{w}", f.kind, f.target);
+            self.log(line);
+        }
         self.last_fault = self.now;
         match f.kind {
             FaultKind::Kill => self.kill(w, exec),
@@ -1167,13 +1311,17 @@ impl World {
     // ---------------------------------------------------------------- the end
 
     fn final_checks(&mut self) {
-        let partitions: Vec<Partition> = self
+        let partitions: BTreeMap<u32, Partition> = self
             .sources
             .iter()
-            .map(|s| Partition {
-                accepted: s.log.len() as u64,
-                watermark: s.watermark,
-                above: s.above.clone(),
+            .enumerate()
+            .map(|(p, s)| {
+                let part = Partition {
+                    accepted: s.log.len() as u64,
+                    watermark: s.watermark,
+                    above: s.above.clone(),
+                };
+                (p as u32, part)
             })
             .collect();
         let mut lineage = Vec::new();
@@ -1283,7 +1431,11 @@ impl World {
         for (_, o) in &outputs {
             let got = o.outcome.clone().map_err(|e| e.kind);
             if want.get(&o.seq) != Some(&got) {
-                self.violation(format!("I5: seq {} released {got:?}, the fault-free run gives {:?}", o.seq, want.get(&o.seq)));
+                self.violation(format!(
+                    "I5: seq {} released {got:?}, the fault-free run gives {:?}",
+                    o.seq,
+                    want.get(&o.seq)
+                ));
                 break;
             }
         }
@@ -1344,7 +1496,10 @@ impl Durable for SimDisk<'_> {
 
 fn brief(a: &InferAction) -> String {
     match a {
-        InferAction::Send { exec, cmd: ToExecutor::Infer(r) } => {
+        InferAction::Send {
+            exec,
+            cmd: ToExecutor::Infer(r),
+        } => {
             let seqs: Vec<u64> = r.items.iter().map(|i| i.seq.0).collect();
             format!("send {exec} batch {} at {} {seqs:?}", r.ticket, r.epoch)
         }
@@ -1355,11 +1510,20 @@ fn brief(a: &InferAction) -> String {
         }
         InferAction::Delta { epoch, delta } => match &delta.body {
             crate::records::DeltaBody::Exec { executions, .. } => {
-                let e: Vec<String> = executions.iter().map(|x| format!("{}:{}->{}", x.seq, x.prev_fp.0 % 1000, x.fp.0 % 1000)).collect();
+                let e: Vec<String> = executions
+                    .iter()
+                    .map(|x| format!("{}:{}->{}", x.seq, x.prev_fp.0 % 1000, x.fp.0 % 1000))
+                    .collect();
                 format!("delta at {epoch} to {} inc {} {e:?}", delta.to, delta.inc)
             }
             crate::records::DeltaBody::Snapshot { states, executions } => {
-                format!("snapshot at {epoch} to {} inc {} ({} states, {} held)", delta.to, delta.inc, states.len(), executions.len())
+                format!(
+                    "snapshot at {epoch} to {} inc {} ({} states, {} held)",
+                    delta.to,
+                    delta.inc,
+                    states.len(),
+                    executions.len()
+                )
             }
         },
         other => format!("{other:?}").chars().take(160).collect(),
