@@ -28,16 +28,16 @@ def latency(scale):
 
 def recovery(scale):
     print(f"\n#### Recovery and throughput, closed loop, one stateful primary killed mid-run ({scale} models; 3 rounds)\n")
-    print("| graph | mode | recovery ms (median) | throughput req/s | vs raw | consistent | lost | dup | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---|---:|---:|---:|")
+    print("| graph | mode | recovery ms (median) | throughput req/s | vs raw | consistent | lost | dup | errors | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows_of("recovery", scale):
         for mode, m in modes(r):
             rec = m["recovery_ms_median"] if m["recovery_ms"] else None
             vs = m.get("throughput_vs_raw")
-            print(f"| {r['graph']} | {mode} | {f(rec, '{:.1f}')} | {f(m['throughput_rps'])} | {f(vs*100 if vs is not None else None, '{:.0f}%')} | {m['consistent']} | {m['lost']} | {m['duplicated']} | {f(m['peak_rss_mb'])} |")
+            print(f"| {r['graph']} | {mode} | {f(rec, '{:.1f}')} | {f(m['throughput_rps'])} | {f(vs*100 if vs is not None else None, '{:.0f}%')} | {m['consistent']} | {m['lost']} | {m['duplicated']} | {m.get('errors', '-')} | {f(m['peak_rss_mb'])} |")
         ratios = r.get("recovery_ratios", {})
         if ratios:
-            print(f"| {r['graph']} | recovery ratios | " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + f" | raw {f(r.get('raw_rps'))} req/s | | | | | |")
+            print(f"| {r['graph']} | recovery ratios | " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + f" | raw {f(r.get('raw_rps'))} req/s | | | | | | |")
 
 for scale in ["small", "realistic"]:
     if rows_of("latency", scale):

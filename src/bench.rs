@@ -163,6 +163,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "released": rs.iter().map(|r| r["released"].as_u64().unwrap_or(0)).sum::<u64>(),
             "lost": rs.iter().map(|r| r["lost"].as_u64().unwrap_or(0)).sum::<u64>(),
             "duplicated": rs.iter().map(|r| r["duplicated"].as_u64().unwrap_or(0)).sum::<u64>(),
+            "errors": rs.iter().map(|r| r["errors"].as_u64().unwrap_or(0)).sum::<u64>(),
             "consistent": if rs.iter().all(|r| r["consistent"].is_null()) { Value::Null } else { Value::Bool(rs.iter().all(|r| r["consistent"] == true)) },
             "peak_rss_mb": rs.iter().map(|r| f(r, "peak_rss_mb") + f(r, "executors_rss_mb")).fold(0.0, f64::max),
         });
@@ -202,13 +203,26 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         raw.map(|r| format!(", raw inference {r:.0} req/s")).unwrap_or_default()
     );
     eprintln!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8}",
-        "mode", "mean_us", "p50_us", "p99_us", "max_us", "req/s", "recovery_ms", "meanx", "p50x", "p99x", "thr%", "consistent", "rss_mb"
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>10} {:>12} {:>6} {:>6} {:>6} {:>6} {:>14} {:>10} {:>8}",
+        "mode",
+        "mean_us",
+        "p50_us",
+        "p99_us",
+        "max_us",
+        "req/s",
+        "recovery_ms",
+        "meanx",
+        "p50x",
+        "p99x",
+        "thr%",
+        "lost/dup/err",
+        "consistent",
+        "rss_mb"
     );
     for mode in &modes {
         let m = &report[&mode.to_string()];
         eprintln!(
-            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>12} {:>6} {:>6} {:>6} {:>6} {:>10} {:>8.0}",
+            "{:<16} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>12} {:>6} {:>6} {:>6} {:>6} {:>14} {:>10} {:>8.0}",
             mode.to_string(),
             f(m, "mean_us"),
             f(m, "p50_us"),
@@ -228,6 +242,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 .map_or("-".into(), |r| format!("{:.3}", r.as_f64().unwrap_or(0.0))),
             m.get("throughput_vs_raw")
                 .map_or("-".into(), |r| format!("{:.0}", 100.0 * r.as_f64().unwrap_or(0.0))),
+            format!("{}/{}/{}", m["lost"], m["duplicated"], m["errors"]),
             m["consistent"].to_string(),
             f(m, "peak_rss_mb"),
         );
@@ -247,6 +262,24 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "recovery_ratios": recovery_ratios,
         });
         println!("{out}");
+    }
+    // A mode that claims fault tolerance must lose, duplicate and fail nothing.
+    let broken: Vec<String> = modes
+        .iter()
+        .filter(|m| m.replicates())
+        .filter_map(|m| {
+            let r = &report[&m.to_string()];
+            let bad = r["lost"] != 0 || r["duplicated"] != 0 || r["errors"] != 0 || r["consistent"] == false;
+            bad.then(|| {
+                format!(
+                    "{m}: {} lost, {} duplicated, {} errors, consistent {}",
+                    r["lost"], r["duplicated"], r["errors"], r["consistent"]
+                )
+            })
+        })
+        .collect();
+    if !broken.is_empty() {
+        bail!("fault tolerance failed: {}", broken.join("; "));
     }
     Ok(())
 }

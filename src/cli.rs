@@ -170,9 +170,10 @@ pub struct ResultsArgs {
 /// Options of `hams verify`.
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    /// Data directory of a run (all its `p*` process databases are read).
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    /// Data directory of a run (all its `p*` process databases are read);
+    /// repeat it for a cluster whose hosts each kept their own.
+    #[arg(long, required = true)]
+    pub data_dir: Vec<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -224,6 +224,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
+    if summary.consistent == Some(false) {
+        eprintln!("hams: the durable records are inconsistent (see the checker's report above)");
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -309,7 +313,11 @@ fn export(args: &cli::ExportArgs) -> Result<ExitCode> {
 }
 
 fn verify(args: &cli::VerifyArgs) -> Result<ExitCode> {
-    let report = hams_dataflow::verify::verify(&args.data_dir)?;
+    let mut dirs = Vec::new();
+    for d in &args.data_dir {
+        dirs.extend(hams_dataflow::verify::process_dirs(d)?);
+    }
+    let report = hams_dataflow::verify::verify_dirs(&dirs)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

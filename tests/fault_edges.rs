@@ -3,22 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-/// Pids of live executor processes serving `model` as `replica`.
-fn executor_pids(model: &str, replica: &str) -> Vec<u32> {
-    let needle = format!("{model}-{replica}-");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|b| *b == 0)
-                    .any(|kv| kv.starts_with(b"HAMS_EXECUTOR_SOCKET=") && String::from_utf8_lossy(kv).contains(&needle))
-            })
-        })
-        .collect()
-}
+use std::time::Duration;
 
 #[test]
 fn the_sink_never_releases_an_orphan() {
@@ -50,6 +35,7 @@ fn the_sink_never_releases_an_orphan() {
         (Some(2000), Some(0), Some(0)),
         "{s}"
     );
+    assert_eq!(s["errors"], 0, "{s}");
     assert!(
         s["orphans"].as_u64().unwrap() > 0,
         "the delayed backup left orphans to discard: {s}"
@@ -70,42 +56,46 @@ fn a_primary_killed_while_idle_fails_over() {
     let dir = tempfile::tempdir().unwrap();
     let g = common::graph("chain");
     let data = dir.path().join("data");
-    let child = common::hams()
-        .args([
-            "run",
-            "--graph",
-            g.to_str().unwrap(),
-            "-w",
-            "2",
-            "--requests",
-            "60",
-            "--rate",
-            "20",
-            "--json",
-        ])
-        .args(["--data-dir", data.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Between two requests (50 ms apart) the executor is idle; kill it there.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let pid = loop {
-        std::thread::sleep(Duration::from_millis(300));
-        if let Some(pid) = executor_pids("tracker", "primary").first() {
-            break *pid;
-        }
-        assert!(Instant::now() < deadline, "no tracker executor appeared");
-    };
-    std::thread::sleep(Duration::from_millis(700));
-    // SAFETY: kill(2) on a pid we just read; at worst it is gone (ESRCH).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = common::spawn_group(common::hams().args([
+        "run",
+        "--graph",
+        g.to_str().unwrap(),
+        "-w",
+        "2",
+        "--requests",
+        "60",
+        "--rate",
+        "20",
+        "--json",
+        "--metrics-addr",
+        &addr,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]));
+    let limit = Duration::from_secs(30);
+    // Only this run's executor: a child of the process just started.
+    let pid = common::await_event("the tracker's primary executor", limit, || {
+        common::executor_pids(child.id(), "tracker", "primary").first().copied()
+    });
+    // Requests come 50 ms apart: once some are released, the executor idles between them.
+    common::await_event("ten released results", limit, || {
+        common::scrape(&addr, "hams_results_released_total").filter(|n| *n >= 10.0)
+    });
+    // SAFETY: kill(2) on our own grandchild; at worst it is gone (ESRCH).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let out = child.wait_with_output().unwrap();
+    let out = common::finish_within(child, common::RUN_LIMIT);
     common::assert_success(&out, &["idle kill"]);
     let s: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(
-        (s["released"].as_u64(), s["lost"].as_u64(), s["duplicated"].as_u64()),
-        (Some(60), Some(0), Some(0)),
+        (
+            s["released"].as_u64(),
+            s["lost"].as_u64(),
+            s["duplicated"].as_u64(),
+            s["errors"].as_u64()
+        ),
+        (Some(60), Some(0), Some(0), Some(0)),
         "{s}"
     );
     assert_eq!(s["recoveries"], 1, "{s}");
@@ -139,6 +129,7 @@ fn a_fault_at_start_up_is_handled() {
         "{s}"
     );
     assert_eq!(s["consistent"], true, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
     assert!(s["faults"].as_array().unwrap().iter().all(|f| f["injected"] == true), "{s}");
 }
 

@@ -77,7 +77,7 @@ fn cycles_are_reported_with_their_path() {
                  [[node]]\nname = \"b\"\nmodel = \"mlp\"\ninputs = [\"a\"]\noutput = 2";
     let e = err_of(&with_nodes(nodes, "[\"a\"]"));
     assert!(
-        e.contains("cycle through nodes") && e.contains("a -> b") || e.contains("b -> a"),
+        e.contains("cycle through nodes") && (e.contains("a -> b") || e.contains("b -> a")),
         "{e}"
     );
 }

@@ -1,4 +1,5 @@
-//! The Prometheus endpoint serves the documented series during a run, and
+//! The Prometheus endpoint serves the documented series during a run, with
+//! values that agree with each other and with the run's own summary, and
 //! `hams status` reads them.
 
 use std::io::{Read, Write};
@@ -23,7 +24,7 @@ fn metrics_endpoint_shows_every_series_during_a_run() {
     let addr = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let g = common::graph("chain");
-    let mut child = common::hams()
+    let child = common::hams()
         .args([
             "run",
             "--graph",
@@ -37,6 +38,7 @@ fn metrics_endpoint_shows_every_series_during_a_run() {
             "--rate",
             "500",
             "-q",
+            "--json",
         ])
         .args([
             "--kill",
@@ -46,7 +48,7 @@ fn metrics_endpoint_shows_every_series_during_a_run() {
             "--data-dir",
             dir.path().to_str().unwrap(),
         ])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -72,6 +74,26 @@ fn metrics_endpoint_shows_every_series_during_a_run() {
     ] {
         assert!(body.contains(series), "missing {series} in\n{body}");
     }
+    // The values agree: every release is in the latency histogram once, nothing
+    // is released that was not ingested, and the recovery's phases are ordered.
+    let sample = common::scrape_all(&addr).expect("a later scrape");
+    let v = |series: &str| *sample.get(series).unwrap_or_else(|| panic!("{series} missing from {sample:?}"));
+    let count = v("hams_request_latency_us_count");
+    let released = v("hams_results_released_total");
+    let inf = v("hams_request_latency_us_bucket{le=\"+Inf\"}");
+    let ingested = v("hams_requests_ingested_total");
+    assert!(
+        released > 0.0 && count == released && inf == count,
+        "released {released}, histogram {count}/{inf}"
+    );
+    assert!(ingested >= released, "released {released} of {ingested} ingested");
+    assert!(v("hams_recoveries_total") >= 1.0);
+    assert_eq!(v("hams_results_errors_total"), 0.0);
+    assert!(v("hams_durable_frontier{model=\"tracker\"}") > 0.0);
+    let phase = |p: &str| v(&format!("hams_recovery_phase_ms{{phase=\"{p}\"}}"));
+    for p in ["detect", "view_change", "promote", "replay", "catch_up"] {
+        assert!((0.0..5_000.0).contains(&phase(p)), "{p} took {} ms", phase(p));
+    }
     let status = common::hams().args(["status", "--metrics-addr", &addr]).output().unwrap();
     common::assert_success(&status, &["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
@@ -79,6 +101,13 @@ fn metrics_endpoint_shows_every_series_during_a_run() {
         text.contains("released") && text.contains("backup tracker") && text.contains("last recovery"),
         "{text}"
     );
-    let out = child.wait().unwrap();
-    assert!(out.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let total = summary["released"].as_f64().unwrap();
+    assert!(
+        total >= released,
+        "the run released {total}, the endpoint already showed {released}"
+    );
+    assert_eq!(summary["errors"], 0, "{summary}");
 }

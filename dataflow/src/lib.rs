@@ -16,12 +16,13 @@
 //! - [`reference`]: the single-threaded reference evaluator (test oracle).
 //! - [`run`]: workers, epochs, flow control and the run's summary.
 //! - [`summary`]: latency histogram and the summary report.
-//! - [`verify`]: the consistency checker over a data directory's durable records.
+//! - [`verify`]: the consistency checker over a run's durable records (gathered from every process).
 #![warn(missing_docs)]
 
 pub mod compile;
 pub mod def;
 pub mod error;
+mod gather;
 pub mod graph;
 pub mod kafka;
 pub mod mode;

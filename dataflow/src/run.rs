@@ -280,7 +280,7 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     });
     let config = Arc::new(config);
     let timely_config = config.timely.config();
-    let (verify, data_dir, process, mode) = (config.verify, config.data_dir.clone(), config.timely.process, config.mode);
+    let mode = config.mode;
     let publishing = Arc::new(AtomicBool::new(true));
     let publish_thread = publisher.clone().map(|p| {
         let on = publishing.clone();
@@ -319,14 +319,6 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     if let Some(s) = summary.as_mut() {
         s.mode = mode.to_string();
     }
-    // Without replication there is no lineage to check (mode `none`): `consistent` stays unknown.
-    if let (Some(s), true, 0, true) = (summary.as_mut(), verify, process, mode.replicates()) {
-        let report = crate::verify::verify(&data_dir)?;
-        if !report.consistent() {
-            eprint!("hams: consistency check failed: {report}");
-        }
-        s.consistent = Some(report.consistent());
-    }
     Ok(summary)
 }
 
@@ -334,9 +326,10 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
     let index = worker.index();
     let peers = worker.peers();
     let handles = compile::build(worker, plan, store.clone())?;
+    let gather = crate::gather::build(worker);
     let mut inputs = Some((handles.ok_in, handles.err_in));
     let mut ingest = Ingest::new(
-        store,
+        store.clone(),
         &plan.graph,
         index as u32,
         peers as u32,
@@ -438,11 +431,30 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
             break;
         }
     }
+    // The run's own check: one worker of each process sends its database's
+    // evidence to worker 0, which checks the whole cluster's together.
+    let check = config.verify && plan.mode.replicates();
+    let threads = plan.placement.cluster.threads;
+    let evidence = match check && index % threads == 0 {
+        true => Some(crate::verify::StoreEvidence::read(&store)?),
+        false => None,
+    };
+    let gathered = gather.finish(worker, evidence);
     // Let the final statistics reach worker 0.
     while worker.step_or_park(Some(Duration::from_millis(1))) {}
     if index != 0 {
         return Ok(None);
     }
+    let consistent = match check {
+        true => {
+            let report = crate::verify::check(gathered)?;
+            if !report.consistent() {
+                eprint!("hams: consistency check failed: {report}");
+            }
+            Some(report.consistent())
+        }
+        false => None,
+    };
     let totals = handles.totals.borrow();
     let log = handles.faults.borrow();
     let executors_rss_mb = log.executor_rss_mb.values().sum();
@@ -456,6 +468,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
         log.recoveries.len() as u64,
     );
     summary.executors_rss_mb = executors_rss_mb;
+    summary.consistent = consistent;
     Ok(Some(summary))
 }
 

@@ -1,16 +1,20 @@
-//! The consistency checker over data directories: reads the durable records
-//! of every process database and hands them to the protocol's checker
-//! ([`hams_protocol::invariants`], the same one the simulator runs).
+//! The consistency checker over a run's durable records: each process
+//! database's evidence is read (by `hams verify` from data directories, or
+//! by each process of a run and sent to process 0) and handed, all
+//! together, to the protocol's checker ([`hams_protocol::invariants`], the
+//! same one the simulator runs).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hams_operators::executor::engine::session_origin;
 use hams_protocol::invariants::{self, Evidence, Partition};
-use hams_protocol::records::{GraphShape, OutputRecord};
+use hams_protocol::records::{GraphShape, LineageRecord, OutputRecord};
 use hams_protocol::{Fingerprint, Incarnation, ModelId, Seq, SessionId};
 use hams_storage::schema::{PARTITIONS_KEY, SHAPE_KEY};
 use hams_storage::{backup, Batch, Cf, Store};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Input};
@@ -46,33 +50,77 @@ pub fn verify(root: &Path) -> Result<Report> {
 
 /// Checks the process databases `dirs` together (one run's, maybe gathered from several hosts).
 pub fn verify_dirs(dirs: &[PathBuf]) -> Result<Report> {
+    let evidence = dirs
+        .iter()
+        .map(|d| StoreEvidence::read(&Store::open_read_only(d)?))
+        .collect::<Result<Vec<_>>>()?;
+    check(evidence)
+}
+
+/// What one process database holds for the checker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreEvidence {
+    /// The graph's shape, if the database records it.
+    pub shape: Option<GraphShape>,
+    /// The partitions this database is home of: ledger and accepted positions.
+    pub partitions: Vec<(u32, Partition)>,
+    /// Their released results still stored.
+    pub outputs: Vec<(u32, OutputRecord)>,
+    /// Committed executions.
+    pub lineage: Vec<(ModelId, Seq, LineageRecord)>,
+    /// Lineage garbage-collected below these.
+    pub horizon: Vec<(ModelId, Seq)>,
+    /// Backup states: model, the incarnation that wrote them, each session's fingerprint.
+    pub states: Vec<(ModelId, Incarnation, Vec<(SessionId, Fingerprint)>)>,
+}
+
+impl StoreEvidence {
+    /// Reads `store`'s evidence.
+    pub fn read(store: &Arc<Store>) -> Result<Self> {
+        let mut e = StoreEvidence {
+            shape: store.get::<GraphShape>(Cf::Meta, SHAPE_KEY)?,
+            ..StoreEvidence::default()
+        };
+        for p in store.get::<Vec<u32>>(Cf::Meta, PARTITIONS_KEY)?.unwrap_or_default() {
+            let (part, outs) = hams_storage::released::evidence(store, p)?;
+            e.partitions.push((p, part));
+            e.outputs.extend(outs.into_iter().map(|o| (p, o)));
+        }
+        e.lineage = backup::lineage(store)?;
+        for (m, (inc, states)) in backup::states(store)? {
+            e.states.push((m, inc, states.into_iter().map(|(s, st)| (s, st.fp)).collect()));
+        }
+        if let Some(s) = &e.shape {
+            for m in 0..s.nodes.len() as u16 {
+                e.horizon.push((ModelId(m), backup::horizon(store, ModelId(m))?));
+            }
+        }
+        Ok(e)
+    }
+}
+
+/// Checks the evidence of every process database of a run together.
+pub fn check(stores: Vec<StoreEvidence>) -> Result<Report> {
+    let count = stores.len();
     let mut shape: Option<GraphShape> = None;
     let mut partitions: BTreeMap<u32, Partition> = BTreeMap::new();
-    let mut outputs: Vec<(u32, OutputRecord)> = Vec::new();
+    let mut outputs = Vec::new();
     let mut lineage = Vec::new();
     let mut horizon: BTreeMap<ModelId, Seq> = BTreeMap::new();
     let mut finals: BTreeMap<ModelId, (Incarnation, BTreeMap<SessionId, Fingerprint>)> = BTreeMap::new();
-    for dir in dirs {
-        let store = Store::open_read_only(dir)?;
-        if let Some(s) = store.get::<GraphShape>(Cf::Meta, SHAPE_KEY)? {
-            shape = Some(s);
+    for e in stores {
+        shape = shape.or(e.shape);
+        partitions.extend(e.partitions);
+        outputs.extend(e.outputs);
+        lineage.extend(e.lineage);
+        for (m, h) in e.horizon {
+            let x = horizon.entry(m).or_insert(h);
+            *x = (*x).max(h);
         }
-        for p in store.get::<Vec<u32>>(Cf::Meta, PARTITIONS_KEY)?.unwrap_or_default() {
-            let (part, outs) = hams_storage::released::evidence(&store, p)?;
-            partitions.insert(p, part);
-            outputs.extend(outs.into_iter().map(|o| (p, o)));
-        }
-        lineage.extend(backup::lineage(&store)?);
-        for (m, (inc, states)) in backup::states(&store)? {
+        for (m, inc, states) in e.states {
+            // The latest backup to have synced holds the model's final states.
             if finals.get(&m).is_none_or(|(i, _)| inc > *i) {
-                finals.insert(m, (inc, states.into_iter().map(|(s, st)| (s, st.fp)).collect()));
-            }
-        }
-        if let Some(s) = &shape {
-            for m in 0..s.nodes.len() as u16 {
-                let h = backup::horizon(&store, ModelId(m))?;
-                let e = horizon.entry(ModelId(m)).or_insert(h);
-                *e = (*e).max(h);
+                finals.insert(m, (inc, states.into_iter().collect()));
             }
         }
     }
@@ -91,7 +139,7 @@ pub fn verify_dirs(dirs: &[PathBuf]) -> Result<Report> {
         name: &name,
     };
     let mut report = invariants::check(&evidence);
-    report.stores = dirs.len();
+    report.stores = count;
     Ok(report)
 }
 

@@ -86,12 +86,13 @@ impl Metrics {
     }
     /// Records one release and its end-to-end latency.
     pub fn released(&self, latency_us: u64, error: bool) {
+        let b = BUCKETS_US.iter().position(|le| latency_us <= *le).unwrap_or(BUCKETS_US.len());
+        // Under the histogram's lock, so one scrape sees the count and the histogram agree.
+        let mut l = self.latency.lock().expect("poisoned");
         self.released.fetch_add(1, Ordering::Relaxed);
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let b = BUCKETS_US.iter().position(|le| latency_us <= *le).unwrap_or(BUCKETS_US.len());
-        let mut l = self.latency.lock().expect("poisoned");
         l.0[b] += 1;
         l.1 += latency_us;
         l.2 += 1;
@@ -167,6 +168,15 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        // The counters move only under the histogram's lock (see `released`): read them under it.
+        let (latency, released, errors) = {
+            let l = self.latency.lock().expect("poisoned");
+            (
+                l.clone(),
+                self.released.load(Ordering::Relaxed),
+                self.errors.load(Ordering::Relaxed),
+            )
+        };
         let counter = |s: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
@@ -180,13 +190,13 @@ impl Metrics {
             &mut s,
             "hams_results_released_total",
             "Results released exactly once (typed errors included).",
-            self.released.load(Ordering::Relaxed),
+            released,
         );
         counter(
             &mut s,
             "hams_results_errors_total",
             "Released results that are typed errors.",
-            self.errors.load(Ordering::Relaxed),
+            errors,
         );
         counter(
             &mut s,
@@ -206,7 +216,7 @@ impl Metrics {
             self.epoch.load(Ordering::Relaxed)
         );
         {
-            let l = self.latency.lock().expect("poisoned");
+            let l = latency;
             let _ = writeln!(
                 s,
                 "# HELP hams_request_latency_us End-to-end latency, ingestion to release.\n# TYPE hams_request_latency_us histogram"

@@ -25,7 +25,7 @@ use crate::ids::{Fingerprint, ModelId, Seq, SessionId};
 use crate::records::{LineageRecord, OutputRecord};
 
 /// What one source partition's ledger says.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Partition {
     /// Offsets below this were accepted (the log's end offset).
     pub accepted: u64,

@@ -41,14 +41,23 @@ pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 /// processes and executors) if it outlives `limit`, so a stuck run fails the
 /// test with its output instead of hanging it.
 pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
-    use std::io::Read;
+    finish_within(spawn_group(cmd), limit)
+}
+
+/// Starts `cmd` in a process group of its own, its output piped.
+pub fn spawn_group(cmd: &mut Command) -> std::process::Child {
     use std::os::unix::process::CommandExt;
-    let mut child = cmd
-        .process_group(0)
+    cmd.process_group(0)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("hams starts");
+        .expect("hams starts")
+}
+
+/// Waits for a child started by [`spawn_group`]; kills its group and fails
+/// with its last log lines if it outlives `limit`.
+pub fn finish_within(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    use std::io::Read;
     let pgid = child.id() as i32;
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
@@ -81,6 +90,75 @@ pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Processes whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                        // The fields after the command (which may hold spaces) follow its closing parenthesis.
+                        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                        rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Executor processes started by `parent` (a `hams run` process) serving `model` as `replica`.
+pub fn executor_pids(parent: u32, model: &str, replica: &str) -> Vec<u32> {
+    let needle = format!("{model}-{replica}-");
+    children_of(parent)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|kv| kv.starts_with(b"HAMS_EXECUTOR_SOCKET=") && String::from_utf8_lossy(kv).contains(&needle))
+            })
+        })
+        .collect()
+}
+
+/// Every sample of one Prometheus text scrape of `addr`, by series (`None`: unreachable).
+pub fn scrape_all(addr: &str) -> Option<std::collections::BTreeMap<String, f64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let body = body.split_once("\r\n\r\n").map_or(body.as_str(), |(_, b)| b);
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// One value from a scrape of `addr` (`None`: unreachable or absent).
+pub fn scrape(addr: &str, series: &str) -> Option<f64> {
+    scrape_all(addr)?.get(series).copied()
+}
+
+/// Polls `probe` every few milliseconds until it yields, or fails after `limit` with `what`.
+pub fn await_event<T>(what: &str, limit: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(t) = probe() {
+            return t;
+        }
+        assert!(start.elapsed() < limit, "waited {limit:?} for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -46,10 +46,7 @@ impl Control {
         Rc::new(RefCell::new(Control {
             table: ViewTable::new(partitions, models),
             pool: HashMap::new(),
-            faults: Plan {
-                faults,
-                fired: Default::default(),
-            },
+            faults: Plan { faults, ..Plan::default() },
             wakers: Vec::new(),
             durable_wakers: Vec::new(),
         }))

@@ -53,6 +53,9 @@ pub struct Plan {
     pub faults: Vec<Fault>,
     /// Faults already injected.
     pub fired: BTreeSet<usize>,
+    /// Executors of this worker a fault has hit: a second fault waits for
+    /// their replacement (a fault during recovery).
+    pub hit: BTreeSet<hams_protocol::ExecId>,
 }
 
 impl Plan {

@@ -282,9 +282,15 @@ pub(crate) fn inject(
     recovering: &mut Vec<usize>,
     telemetry: &mut Vec<Telemetry>,
 ) {
+    // One fault per executor: a second one due waits for the next executor
+    // (a fault during recovery), instead of hitting a dying one.
+    if control.borrow().faults.hit.contains(&exec) {
+        return;
+    }
     let due = control.borrow().faults.due(model, role, top);
-    for fault in due {
+    for fault in due.into_iter().take(1) {
         let mut ctl = control.borrow_mut();
+        ctl.faults.hit.insert(exec);
         let kind = ctl.faults.faults[fault].kind;
         let Some(h) = ctl.pool.get(&exec) else { continue };
         tracing::warn!(executor = h.name(), ?kind, seq = top, "injecting fault");
