@@ -172,7 +172,7 @@ impl Metrics {
         let (latency, released, errors) = {
             let l = self.latency.lock().expect("poisoned");
             (
-                l.clone(),
+                *l,
                 self.released.load(Ordering::Relaxed),
                 self.errors.load(Ordering::Relaxed),
             )
