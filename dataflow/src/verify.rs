@@ -70,9 +70,13 @@ pub struct StoreEvidence {
     pub lineage: Vec<(ModelId, Seq, LineageRecord)>,
     /// Lineage garbage-collected below these.
     pub horizon: Vec<(ModelId, Seq)>,
-    /// Backup states: model, the incarnation that wrote them, each session's fingerprint.
-    pub states: Vec<(ModelId, Incarnation, Vec<(SessionId, Fingerprint)>)>,
+    /// Backup states.
+    pub states: Vec<HeldStates>,
 }
+
+/// One model's backup states in a database: the incarnation that wrote
+/// them and each session's fingerprint.
+pub type HeldStates = (ModelId, Incarnation, Vec<(SessionId, Fingerprint)>);
 
 impl StoreEvidence {
     /// Reads `store`'s evidence.

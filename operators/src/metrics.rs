@@ -171,11 +171,7 @@ impl Metrics {
         // The counters move only under the histogram's lock (see `released`): read them under it.
         let (latency, released, errors) = {
             let l = self.latency.lock().expect("poisoned");
-            (
-                *l,
-                self.released.load(Ordering::Relaxed),
-                self.errors.load(Ordering::Relaxed),
-            )
+            (*l, self.released.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed))
         };
         let counter = |s: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
