@@ -7,8 +7,8 @@
 //! its `seq` durably — replays after a failover or restart come from the
 //! embedded log, identical.
 //!
-//! Sink: results are released to the embedded output topic only when committed
-//! (DESIGN §4); a publisher then produces them to the Kafka output topic, keyed
+//! Sink: results are released to the embedded output topic only when committed;
+//! a publisher then produces them to the Kafka output topic, keyed
 //! by `seq`, and stores how far it got. rskafka has no transactions, so a
 //! publisher that restarts reads back the Kafka partition from its last stored
 //! offset and skips the `seq`s already there: no loss, no duplicate. The

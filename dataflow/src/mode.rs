@@ -1,4 +1,4 @@
-//! Fault-tolerance protocols a graph can run under (DESIGN §8), for
+//! Fault-tolerance protocols a graph can run under, for
 //! side-by-side measurement on the same graph, executors and transport.
 
 use std::fmt;

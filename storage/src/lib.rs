@@ -1,4 +1,4 @@
-//! Durable lineage for hams on RocksDB (DESIGN §9): the Kafka-like request and
+//! Durable lineage for hams on RocksDB: the Kafka-like request and
 //! output logs, the set of released `seq`s, and (for fault tolerance) state
 //! snapshots and lineage. Knows nothing of timely.
 //!

@@ -15,7 +15,7 @@ pub const FORMAT: &str = "hams-lineage v1";
 const FORMAT_FILE: &str = "FORMAT";
 const DB_DIR: &str = "db";
 
-/// The column families of the lineage store (DESIGN §9).
+/// The column families of the lineage store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cf {
     /// Request log, by partition and offset.

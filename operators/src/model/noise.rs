@@ -1,4 +1,4 @@
-//! GPU-like non-determinism for CPU backends (DESIGN §7).
+//! GPU-like non-determinism for CPU backends.
 //!
 //! A GPU sums floats in a different order on every run. To exercise the
 //! protocol's consistency guarantees without one, each execution attempt draws
