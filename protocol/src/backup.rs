@@ -283,6 +283,11 @@ impl BackupCore {
         self.inbox.keys().copied()
     }
 
+    /// Whether deltas of `epoch` wait in the inbox.
+    pub fn inbox_holds(&self, epoch: Epoch) -> bool {
+        self.inbox.contains_key(&epoch)
+    }
+
     /// Epochs the backup needs capabilities for.
     pub fn holds(&self) -> BTreeSet<Epoch> {
         self.inbox.keys().copied().chain(self.durable_at()).collect()
@@ -416,7 +421,7 @@ impl BackupCore {
         let Some(r) = table.next_recover() else { return };
         let view = r.view;
         let mine = r.roles.iter().any(|ro| ro.model == model);
-        let placement = table.placement(model).clone();
+        let placement = table.roles(model);
         if !(mine && placement.backup == self.me) {
             return;
         }
@@ -454,7 +459,7 @@ impl BackupCore {
     /// Takes the backup role of a new incarnation placed on this worker.
     fn maybe_take_role(&mut self, now: Micros, table: &mut ViewTable, acts: &mut Vec<BackupAction>) {
         let model = self.cfg.model;
-        let placement = table.placement(model).clone();
+        let placement = table.roles(model);
         let stale = self.active.as_ref().is_none_or(|a| a.inc < placement.inc);
         if placement.backup == self.me && placement.inc.0 > 0 && stale && self.cut_upto.is_none_or(|c| c < placement.inc) {
             if self.spare.is_none() && self.cfg.warm_spare {

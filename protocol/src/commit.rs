@@ -113,6 +113,8 @@ pub struct Decided {
 #[derive(Debug, Default)]
 pub struct Sink {
     held: Vec<Held>,
+    /// Results held per epoch (the capabilities the shell keeps).
+    epochs: BTreeMap<Epoch, usize>,
     cuts: Cuts,
     first_seen: BTreeSet<(ModelId, Incarnation)>,
 }
@@ -125,7 +127,17 @@ impl Sink {
 
     /// A result arrives.
     pub fn hold(&mut self, h: Held) {
+        *self.epochs.entry(h.epoch).or_default() += 1;
         self.held.push(h);
+    }
+
+    fn forget(&mut self, epoch: Epoch) {
+        if let Some(n) = self.epochs.get_mut(&epoch) {
+            *n -= 1;
+            if *n == 0 {
+                self.epochs.remove(&epoch);
+            }
+        }
     }
 
     /// A cut arrives on a durable stream.
@@ -139,16 +151,25 @@ impl Sink {
         if self.held.is_empty() {
             return d;
         }
-        let cuts = &self.cuts;
         let mut keep = Vec::with_capacity(self.held.len());
-        for h in self.held.drain(..) {
-            match cuts.verdict(&h.record.lineage, &durable) {
-                Verdict::Release => d.release.push(h),
-                Verdict::Orphan => d.orphans += 1,
+        let mut gone = Vec::new();
+        for h in std::mem::take(&mut self.held) {
+            match self.cuts.verdict(&h.record.lineage, &durable) {
+                Verdict::Release => {
+                    gone.push(h.epoch);
+                    d.release.push(h);
+                }
+                Verdict::Orphan => {
+                    gone.push(h.epoch);
+                    d.orphans += 1;
+                }
                 Verdict::Wait => keep.push(h),
             }
         }
         self.held = keep;
+        for e in gone {
+            self.forget(e);
+        }
         for h in &d.release {
             for t in &h.record.lineage {
                 if t.incarnation.0 > 0 && self.first_seen.insert((t.model, t.incarnation)) {
@@ -161,7 +182,9 @@ impl Sink {
 
     /// Puts back results whose release could not be made durable (retried next round).
     pub fn requeue(&mut self, results: Vec<Held>) {
-        self.held.extend(results);
+        for h in results {
+            self.hold(h);
+        }
     }
 
     /// Results still held.
@@ -176,6 +199,11 @@ impl Sink {
 
     /// Epochs the sink still needs capabilities for.
     pub fn holds(&self) -> BTreeSet<Epoch> {
-        self.held.iter().map(|h| h.epoch).collect()
+        self.epochs.keys().copied().collect()
+    }
+
+    /// Whether the sink holds `epoch`.
+    pub fn holds_at(&self, epoch: Epoch) -> bool {
+        self.epochs.contains_key(&epoch)
     }
 }

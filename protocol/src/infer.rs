@@ -251,6 +251,15 @@ impl InferCore {
         h
     }
 
+    /// Whether the node holds `epoch` for outputs and for deltas (what
+    /// [`Self::holds`] gives, for one epoch, without allocating).
+    pub fn holds_at(&self, epoch: Epoch) -> (bool, bool) {
+        let delta = self.pending.contains_key(&epoch)
+            || self.lost.iter().any(|f| f.epoch == epoch)
+            || self.serving.iter().any(|s| s.in_flight.values().any(|f| f.epoch == epoch));
+        (delta || self.held.iter().any(|o| o.epoch == epoch), delta)
+    }
+
     /// The least epoch held for outputs and for deltas (what [`Self::holds`] gives, without allocating).
     pub fn hold_frontiers(&self) -> (Frontier, Frontier) {
         let in_flight = self.serving.iter().flat_map(|s| s.in_flight.values().map(|f| f.epoch));
@@ -317,7 +326,7 @@ impl InferCore {
             return;
         }
         let model = self.cfg.model;
-        let placement = table.placement(model).clone();
+        let placement = table.roles(model);
         let serving_inc = self.serving.as_ref().map(|s| s.inc);
         if placement.primary == self.me && serving_inc != Some(placement.inc) {
             if placement.inc == Incarnation(0) {

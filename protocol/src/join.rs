@@ -29,6 +29,8 @@ pub struct JoinCore {
     /// Parts of a view this worker has not reached yet.
     early: Vec<(usize, Epoch, Envelope)>,
     seen_view: View,
+    /// Parts held per epoch, recounted after each step.
+    epochs: std::collections::BTreeMap<Epoch, usize>,
 }
 
 impl JoinCore {
@@ -39,6 +41,7 @@ impl JoinCore {
             partial: HashMap::new(),
             early: Vec::new(),
             seen_view: View(0),
+            epochs: std::collections::BTreeMap::new(),
         }
     }
 
@@ -83,12 +86,21 @@ impl JoinCore {
             // A part that will never come (its request failed upstream and went to the sink).
             self.partial.retain(|_, p| frontiers.iter().any(|f| !f.passed(p.epoch)));
         }
+        self.epochs.clear();
+        for e in self.partial.values().map(|p| p.epoch).chain(self.early.iter().map(|(_, e, _)| *e)) {
+            *self.epochs.entry(e).or_default() += 1;
+        }
         out
     }
 
     /// The least epoch held (what [`Self::holds`] gives, without allocating).
     pub fn hold_frontier(&self) -> Frontier {
         Frontier::of(self.partial.values().map(|p| p.epoch).chain(self.early.iter().map(|(_, e, _)| *e)))
+    }
+
+    /// Whether the join holds `epoch`.
+    pub fn holds_at(&self, epoch: Epoch) -> bool {
+        self.epochs.contains_key(&epoch)
     }
 
     /// Epochs the join needs capabilities for.

@@ -29,6 +29,17 @@ pub struct Placement {
     pub cuts: BTreeMap<Incarnation, Epoch>,
 }
 
+/// The roles of a stateful model in the current view, without its cut history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// Incarnation of the primary.
+    pub inc: Incarnation,
+    /// Worker of the primary.
+    pub primary: WorkerId,
+    /// Worker of the backup.
+    pub backup: WorkerId,
+}
+
 /// A promoted backup's image, handed to the primary on the same worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handoff {
@@ -96,6 +107,19 @@ impl ViewTable {
     /// If `model` is not a stateful model of the graph.
     pub fn placement(&self, model: ModelId) -> &Placement {
         self.try_placement(model).unwrap_or_else(|| unknown_model(model))
+    }
+
+    /// The current roles of stateful `model` (a cheap copy of its placement).
+    ///
+    /// # Panics
+    /// If `model` is not a stateful model of the graph.
+    pub fn roles(&self, model: ModelId) -> Placed {
+        let p = self.placement(model);
+        Placed {
+            inc: p.inc,
+            primary: p.primary,
+            backup: p.backup,
+        }
     }
 
     /// Placement of `model`, if it is a stateful model of the graph.

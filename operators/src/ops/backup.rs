@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hams_protocol::backup::{BackupAction, BackupCore, Frontiers};
 use hams_protocol::records::{Cut, Delta};
-use hams_protocol::{Epoch, Frontier, WorkerId};
+use hams_protocol::{Frontier, WorkerId};
 use hams_storage::backup::BackupWriter;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -169,8 +169,7 @@ impl<'scope> Backup<'scope> for Stream<'scope, Time, Vec<Delta>> {
                         None => durable_cap = inbox.at_or_before(e, 0).map(|c| c.delayed(&e.0)),
                     },
                 }
-                let held: std::collections::BTreeSet<Epoch> = core.inbox().collect();
-                inbox.retain([&held]);
+                inbox.retain(|_, e| core.inbox_holds(e));
                 if let Some(e) = core.durable_at() {
                     let (epochs, bytes) = core.lag();
                     crate::metrics::metrics().backup(&node, e.0, epochs, bytes);

@@ -1,6 +1,6 @@
 //! Capabilities kept per epoch, exactly as long as a protocol machine says.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use hams_protocol::Epoch;
 use timely::dataflow::operators::{Capability, InputCapability};
@@ -50,11 +50,11 @@ impl<const N: usize> EpochCaps<N> {
         self.caps.range(..=epoch.0).rev().find_map(|(_, c)| c[port].as_ref())
     }
 
-    /// Keeps only the epochs in `holds[port]` for each output.
-    pub fn retain(&mut self, holds: [&BTreeSet<Epoch>; N]) {
+    /// Keeps the capability of output `port` at `epoch` only while `holds(port, epoch)`.
+    pub fn retain(&mut self, mut holds: impl FnMut(usize, Epoch) -> bool) {
         self.caps.retain(|t, cs| {
             for (port, c) in cs.iter_mut().enumerate() {
-                if !holds[port].contains(&Epoch(*t)) {
+                if c.is_some() && !holds(port, Epoch(*t)) {
                     *c = None;
                 }
             }

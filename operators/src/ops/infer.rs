@@ -237,8 +237,14 @@ impl<'scope> Infer<'scope> for Stream<'scope, Time, Vec<Envelope>> {
                         }
                     }
                 }
-                let holds = core.holds();
-                caps.retain([&holds.data, &holds.data, &holds.delta]);
+                caps.retain(|port, e| {
+                    let (data, delta) = core.holds_at(e);
+                    if port == DELTA {
+                        delta
+                    } else {
+                        data
+                    }
+                });
                 crate::metrics::metrics().queue(&node, core.depth() as u64);
                 if !telemetry.is_empty() {
                     if let Some(c) = frontier_caps.get(2) {

@@ -91,8 +91,7 @@ impl<'scope> JoinBySeq<'scope> for Scope<'scope, Time> {
                 for (epoch, env) in joined {
                     out.session(caps.get(epoch, 0)).give(env);
                 }
-                let held = core.holds();
-                caps.retain([&held]);
+                caps.retain(|_, e| core.holds_at(e));
             }
         });
         stream

@@ -84,11 +84,12 @@ impl Ledger {
     pub fn commit(&mut self, records: Vec<(u64, OutputRecord)>) -> Result<Committed> {
         let mut batch = Batch::new();
         let mut fresh: Vec<(u64, OutputRecord)> = Vec::with_capacity(records.len());
+        let mut seen = std::collections::HashSet::with_capacity(records.len());
         let mut suppressed = 0;
         let now = now_us();
         let mut released = self.released.borrow_mut();
         for (offset, mut rec) in records {
-            if released.contains(offset) || fresh.iter().any(|(o, _)| *o == offset) {
+            if released.contains(offset) || !seen.insert(offset) {
                 suppressed += 1;
                 continue;
             }

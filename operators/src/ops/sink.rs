@@ -161,8 +161,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Time, Vec<Envelope>> {
                         out.session(c).give(stats);
                     }
                 }
-                let held = sink.holds();
-                caps.retain([&held, &held]);
+                caps.retain(|_, e| sink.holds_at(e));
                 // Keep the audit capability just behind the inputs; spend it when they end.
                 let least = frontiers[..2].iter().filter_map(|f| f.frontier().iter().min().copied()).min();
                 match (least, final_cap.as_mut()) {
