@@ -260,6 +260,13 @@ pub struct RunArgs {
     /// Experiment: make backups hold each epoch this long before applying it (a slow backup).
     #[arg(long, default_value_t = 0)]
     pub backup_delay_ms: u64,
+    /// SIGKILL a whole worker process of a cluster when it logs a request with
+    /// seq >= SEQ: `PROCESS@SEQ` (repeatable; its supervisor restarts the cluster).
+    #[arg(long = "kill-process", value_name = "PROCESS@SEQ")]
+    pub kill_process: Vec<String>,
+    /// With --kill-process: also delete the killed process's data directory (a host lost with its disk).
+    #[arg(long, requires = "kill_process")]
+    pub wipe: bool,
 }
 
 /// Options of `hams check`.

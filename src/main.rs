@@ -119,6 +119,17 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         (n, Some(h)) => h.into_iter().take(n).collect(),
         (n, None) => (0..n).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
     };
+    if processes > 1 && !cluster::is_worker() {
+        // A process of a cluster runs under its own supervisor, which restarts it.
+        return cluster::supervise(&args, &addresses, process);
+    }
+    if processes > 1 {
+        cluster::exit_on_panic();
+    }
+    let mut process_faults = Vec::new();
+    for f in &args.kill_process {
+        process_faults.push(hams_dataflow::run::parse_process_fault(f, processes)?);
+    }
     let temp;
     let data_dir = match &args.data_dir {
         Some(d) => d.clone(),
@@ -192,6 +203,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         verify: !args.no_verify,
         backup_delay: Duration::from_millis(args.backup_delay_ms),
         mode: args.mode,
+        process_faults,
+        fired_process_faults: cluster::fired(),
+        fault_log: std::env::var_os(cluster::ENV_FAULT_LOG).map(PathBuf::from),
+        generation: std::env::var(cluster::ENV_GENERATION)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
         checkpoint_every: Duration::from_millis(args.workload.checkpoint_ms.max(1)),
     };
     if let Some(addr) = &args.metrics_addr {

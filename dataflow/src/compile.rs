@@ -18,7 +18,7 @@ use hams_operators::executor::process::{self, Launch};
 use hams_operators::executor::{inproc, ExecutorHandle};
 use hams_operators::ops::backup::{Backup, BackupConfig, Cadence, CoreConfig as BackupCore};
 use hams_operators::ops::control::{Control, ControlRef};
-use hams_operators::ops::coordinate::{Coordinate, CoordinatorConfig};
+use hams_operators::ops::coordinate::{Coordinate, Topology};
 use hams_operators::ops::faults::Fault;
 use hams_operators::ops::infer::{CoreConfig as InferCore, Infer, InferConfig, Spawn};
 use hams_operators::ops::join::JoinBySeq;
@@ -40,6 +40,7 @@ use crate::error::Result;
 use crate::graph::{Graph, Input};
 use crate::mode::Mode;
 use crate::placement::Placement;
+use crate::resume::Resume;
 use crate::summary::Totals;
 
 /// How executors are hosted.
@@ -128,8 +129,21 @@ fn gather<'s>(
     }
 }
 
-/// Builds the dataflow of `plan` on `worker`, spawning the executors it hosts.
-pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) -> Result<Handles> {
+/// Where each stateful model's primary and backup go on a fresh start.
+pub(crate) fn initial(plan: &Plan) -> BTreeMap<ModelId, (WorkerId, WorkerId)> {
+    plan.graph
+        .stateful()
+        .into_iter()
+        .map(|i| {
+            let (p, b) = plan.replicas(i);
+            (ModelId(i as u16), (WorkerId(p), WorkerId(b)))
+        })
+        .collect()
+}
+
+/// Builds the dataflow of `plan` on `worker`, spawning the executors it
+/// hosts; every stateful model starts as `resume` says.
+pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>, resume: Resume) -> Result<Handles> {
     let index = worker.index();
     let peers = worker.peers();
     let graph = &plan.graph;
@@ -142,13 +156,27 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
         }),
         plan.faults.clone(),
     );
+    {
+        let mut ctl = control.borrow_mut();
+        for (m, s) in &resume.starts {
+            ctl.table.start_at(*m, s.inc, s.primary, s.backup);
+        }
+        for (p, w) in &resume.watermarks {
+            ctl.table.on_watermark(*p, *w);
+        }
+        for (m, h) in resume.handoffs {
+            ctl.table.put_handoff(m, h);
+        }
+    }
+    // Executions of incarnations before this run came from disk images: committed.
+    let floors: Vec<(ModelId, hams_protocol::Incarnation)> = resume.starts.iter().map(|(m, s)| (*m, s.floor())).collect();
     let released = Rc::new(RefCell::new(Released::load(store.clone(), index as u32)?));
     let mut ok_in = InputHandleVec::new();
     let mut err_in = InputHandleVec::new();
     let probe = ProbeHandle::new();
     let totals = Rc::new(RefCell::new(Totals::default()));
     let fault_log = Rc::new(RefCell::new(FaultLog::default()));
-    let coordinator = CoordinatorConfig {
+    let topology = Topology {
         affected: stateful
             .iter()
             .map(|&i| {
@@ -232,7 +260,10 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
                 // No fsync: the backup's memory is what F1 relies on; the WAL
                 // keeps the writes across a process crash.
                 let writer = BackupWriter::new(store.clone(), false);
-                let b = s.deltas.backup(upstream, BackupConfig { core, writer }, control.clone(), spawn);
+                let floors = floors.clone();
+                let b = s
+                    .deltas
+                    .backup(upstream, BackupConfig { core, writer, floors }, control.clone(), spawn);
                 durable.insert(i as u16, b.durable);
                 telemetry.push(b.telemetry);
             }
@@ -240,6 +271,7 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
         let results = gather(scope, &source, &graph.sink, &outputs, Route::Home, &control);
         let failures = scope.concatenate(failures);
         let sink = SinkConfig {
+            floors: floors.clone(),
             store,
             partition: index as u32,
             sync: plan.sync,
@@ -252,6 +284,7 @@ pub(crate) fn build(worker: &mut Worker, plan: &Arc<Plan>, store: Arc<Store>) ->
                 .unwrap_or_else(|| Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX))),
         };
         let sinks = results.release(failures, durable.iter().map(|(m, s)| (*m, s.clone())).collect(), sink)?;
+        let coordinator = hams_protocol::coordinator::Coordinator::new(topology, &resume.starts);
         let recovers = scope.concatenate(failed).coordinate(coordinator, fault_log.clone());
         let telemetry = scope.concatenate(telemetry);
         scope.views(

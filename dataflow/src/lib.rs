@@ -14,6 +14,7 @@
 //! - [`compile`]: one worker's timely dataflow for a graph.
 //! - [`source`]: ingestion into the durable source log.
 //! - [`reference`]: the single-threaded reference evaluator (test oracle).
+//! - [`resume`]: how a run resumes from the disks an earlier one left (every session keeps its state).
 //! - [`run`]: workers, epochs, flow control and the run's summary.
 //! - [`summary`]: latency histogram and the summary report.
 //! - [`verify`]: the consistency checker over a run's durable records (gathered from every process).
@@ -26,8 +27,10 @@ mod gather;
 pub mod graph;
 pub mod kafka;
 pub mod mode;
+mod net;
 pub mod placement;
 pub mod reference;
+pub mod resume;
 pub mod run;
 pub mod source;
 pub mod summary;

@@ -1,6 +1,7 @@
 //! Running a graph: timely workers (threads and processes), ingestion with
 //! epochs, flow control, progress and the final summary.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,10 @@ use crate::mode::Mode;
 use crate::placement::{place, Cluster};
 use crate::source::{now_us, Feed, Ingest};
 use crate::summary::{FaultReport, Summary, Totals};
+
+/// Set by a supervisor for the processes it (re)starts: the same id across
+/// restarts of one run (so a restart continues the run's feed).
+pub const ENV_RUN_ID: &str = "HAMS_RUN_ID";
 
 /// Where this process sits in a timely cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +113,47 @@ pub struct RunConfig {
     pub mode: Mode,
     /// Checkpoint interval of the `checkpoint` mode.
     pub checkpoint_every: Duration,
+    /// Whole-process faults to inject (by index; each fires once per run).
+    pub process_faults: Vec<ProcessFault>,
+    /// Process faults already injected in earlier lives of this run, with their times (µs since the Unix epoch).
+    pub fired_process_faults: BTreeMap<usize, u64>,
+    /// Where to note a process fault before it strikes (for the supervisor).
+    pub fault_log: Option<PathBuf>,
+    /// Which restart of this process this is (0: its first start).
+    pub generation: u32,
+}
+
+/// A planned fault of a whole worker process: SIGKILL `process` when it
+/// logs a request with `seq >= at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessFault {
+    /// The process.
+    pub process: usize,
+    /// Request threshold.
+    pub at: u64,
+}
+
+/// Parses a process fault `PROCESS@SEQ` for a cluster of `processes`.
+///
+/// # Examples
+/// ```
+/// use hams_dataflow::run::parse_process_fault;
+/// assert_eq!(parse_process_fault("1@500", 3).unwrap().process, 1);
+/// assert!(parse_process_fault("3@500", 3).is_err());
+/// assert!(parse_process_fault("1", 3).is_err());
+/// ```
+pub fn parse_process_fault(text: &str, processes: usize) -> Result<ProcessFault> {
+    let err = |m: String| Error::Config(format!("--kill-process {text:?}: {m} (expected PROCESS@SEQ)"));
+    let (p, at) = text.split_once('@').ok_or_else(|| err("missing @SEQ".into()))?;
+    let process: usize = p.parse().map_err(|_| err(format!("{p:?} is not a process index")))?;
+    let at: u64 = at.parse().map_err(|_| err(format!("{at:?} is not a sequence number")))?;
+    if processes < 2 {
+        return Err(err("a single process has no peer to carry on: use -n 2 or more".into()));
+    }
+    if process >= processes {
+        return Err(err(format!("the cluster has processes 0..{processes}")));
+    }
+    Ok(ProcessFault { process, at })
 }
 
 impl RunConfig {
@@ -136,6 +182,10 @@ impl RunConfig {
             backup_delay: Duration::ZERO,
             mode: Mode::Hams,
             checkpoint_every: Duration::from_millis(500),
+            process_faults: Vec::new(),
+            fired_process_faults: BTreeMap::new(),
+            fault_log: None,
+            generation: 0,
         }
     }
 }
@@ -191,7 +241,27 @@ fn describe_fault(graph: &Graph, f: &Fault) -> String {
 }
 
 /// What became of each planned fault, from worker 0's logs.
-fn fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<FaultReport> {
+fn fault_reports(plan: &Plan, config: &RunConfig, log: &FaultLog, totals: &Totals) -> Vec<FaultReport> {
+    let mut reports = executor_fault_reports(plan, log, totals);
+    // A process fault's recovery is measured by the first life of the cluster
+    // after it: this one, for the latest fault.
+    let latest = config.fired_process_faults.values().max().copied();
+    for (i, f) in config.process_faults.iter().enumerate() {
+        let at = config.fired_process_faults.get(&i).copied();
+        let recovered = match (at, totals.first_release_at) {
+            (Some(t), Some(first)) if Some(t) == latest && first > t => Some((first - t) as f64 / 1000.0),
+            _ => None,
+        };
+        reports.push(FaultReport {
+            fault: format!("kill process {}@{}", f.process, f.at),
+            injected: at.is_some(),
+            recovery_ms: recovered,
+        });
+    }
+    reports
+}
+
+fn executor_fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<FaultReport> {
     plan.faults
         .iter()
         .enumerate()
@@ -221,6 +291,16 @@ fn fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<FaultRepor
         .collect()
 }
 
+/// Tells this run's processes from any other's on the same ports.
+fn cluster_tag(addresses: &[String], graph: &str) -> u64 {
+    addresses
+        .iter()
+        .map(String::as_str)
+        .chain([graph])
+        .flat_map(str::bytes)
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// Set by [`request_stop`] (e.g. on Ctrl-C): stop ingesting, drain, report.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -245,7 +325,9 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
     let store = Store::open(&dir)?;
     let first = (config.timely.process * cluster.threads) as u32;
-    crate::verify::record_run(&store, &config.graph, (first..first + cluster.threads as u32).collect())?;
+    let partitions: Vec<u32> = (first..first + cluster.threads as u32).collect();
+    crate::resume::check_compatible(&store, &config.graph, &partitions)?;
+    crate::verify::record_run(&store, &config.graph, partitions)?;
     // Results also go to Kafka: one publisher for this process's home partitions.
     let publisher = match &config.graph.sink_kafka {
         Some(topic) => {
@@ -278,6 +360,8 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         checkpoint_every: config.checkpoint_every,
         keep_outputs_from,
     });
+    let (addresses, process, threads) = (config.timely.addresses.clone(), config.timely.process, cluster.threads);
+    let graph_name = config.graph.name.clone();
     let config = Arc::new(config);
     let timely_config = config.timely.config();
     let mode = config.mode;
@@ -297,7 +381,15 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     let guards = {
         // Timely prints connection progress on stdout; keep stdout for results.
         let _redirect = StdoutToStderr::new();
-        timely::execute(timely_config, move |worker| worker_main(worker, &plan, &config, store.clone())).map_err(Error::Timely)?
+        let logic = move |worker: &mut timely::worker::Worker| worker_main(worker, &plan, &config, store.clone());
+        if addresses.len() > 1 {
+            let tag = cluster_tag(&addresses, &graph_name);
+            let (builders, others) = crate::net::connect(&addresses, process, threads, tag, Duration::from_secs(120))
+                .map_err(|e| Error::Timely(format!("connecting the cluster: {e}")))?;
+            timely::execute::execute_from(builders, others, timely::WorkerConfig::default(), logic).map_err(Error::Timely)?
+        } else {
+            timely::execute(timely_config, logic).map_err(Error::Timely)?
+        }
     };
     let mut summary = None;
     for result in guards.join() {
@@ -325,8 +417,12 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
 fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &RunConfig, store: Arc<Store>) -> Result<Option<Summary>> {
     let index = worker.index();
     let peers = worker.peers();
-    let handles = compile::build(worker, plan, store.clone())?;
-    let gather = crate::gather::build(worker);
+    let threads = plan.placement.cluster.threads;
+    let first = (index / threads * threads) as u32;
+    let partitions: Vec<u32> = (first..first + threads as u32).collect();
+    let resume = crate::resume::resume(worker, &store, &compile::initial(plan), &partitions, threads)?;
+    let handles = compile::build(worker, plan, store.clone(), resume)?;
+    let gather = crate::gather::build(worker, false);
     let mut inputs = Some((handles.ok_in, handles.err_in));
     let mut ingest = Ingest::new(
         store.clone(),
@@ -385,6 +481,8 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
                 let records = ingest.poll(start_us, elapsed_us, budget)?;
                 if !records.is_empty() {
                     let n = records.len();
+                    let top = records.iter().map(|(o, _)| o * peers as u64 + index as u64).max().unwrap_or(0);
+                    strike(config, index / threads, top);
                     for (offset, rec) in records {
                         match ingest.admit(offset, rec) {
                             Ok(env) => ok_in.send(env),
@@ -436,12 +534,11 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
     // The run's own check: one worker of each process sends its database's
     // evidence to worker 0, which checks the whole cluster's together.
     let check = config.verify && plan.mode.replicates();
-    let threads = plan.placement.cluster.threads;
     let evidence = match check && index % threads == 0 {
         true => Some(crate::verify::StoreEvidence::read(&store)?),
         false => None,
     };
-    let gathered = gather.finish(worker, evidence);
+    let gathered = gather.finish(worker, evidence.into_iter().collect());
     // Let the final statistics reach worker 0.
     while worker.step_or_park(Some(Duration::from_millis(1))) {}
     if index != 0 {
@@ -466,12 +563,32 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
         elapsed_s,
         peers,
         plan.placement.cluster.processes,
-        fault_reports(plan, &log, &totals),
+        fault_reports(plan, config, &log, &totals),
         log.recoveries.len() as u64,
     );
     summary.executors_rss_mb = executors_rss_mb;
     summary.consistent = consistent;
     Ok(Some(summary))
+}
+
+/// Injects the process faults due on this process at request `top`: notes
+/// the fault for the supervisor, then dies as a crash would (SIGKILL).
+fn strike(config: &RunConfig, process: usize, top: u64) {
+    for (i, f) in config.process_faults.iter().enumerate() {
+        if f.process != process || top < f.at || config.fired_process_faults.contains_key(&i) {
+            continue;
+        }
+        tracing::warn!(process, seq = top, "injecting fault: killing this whole process");
+        if let Some(path) = &config.fault_log {
+            use std::io::Write;
+            let line = format!("fault {i} {}\n", now_us());
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = f.write_all(line.as_bytes()).and_then(|_| f.sync_all());
+            }
+        }
+        // SAFETY: kill(2) on this very process; nothing after it runs.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
 }
 
 /// Says, every few seconds, which backups a view change still waits for: a

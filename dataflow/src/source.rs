@@ -47,8 +47,10 @@ pub(crate) struct Ingest {
     backlog: VecDeque<(u64, SourceRecord)>,
     generator: Generator,
     feed: Feed,
-    /// Requests of this worker's share created so far.
+    /// Requests of this worker's share created so far (in this run, across restarts).
     made: u64,
+    /// `made` when this process started (open-loop due times count from there).
+    made0: u64,
     sync: bool,
     source: SourceDef,
     control: ControlRef,
@@ -92,14 +94,16 @@ impl Ingest {
             }
             _ => None,
         };
-        let log = Log::new(store, Cf::Source);
+        let log = Log::new(store.clone(), Cf::Source);
         let next_offset = log.end_offset(partition)?;
+        let made = feed_progress(&store, partition, next_offset)?;
         let mut ingest = Ingest {
             partition,
             partitions,
             generator: graph.generator(),
             feed,
-            made: 0,
+            made,
+            made0: made,
             sync,
             source: graph.source.clone(),
             control,
@@ -166,7 +170,9 @@ impl Ingest {
     /// When the next generated request is due, µs since the run started.
     pub(crate) fn next_due_us(&self) -> Option<u64> {
         match &self.feed {
-            Feed::Generate { rate: Some(r), .. } if !self.exhausted() => Some((self.global(self.made) as f64 * 1e6 / r) as u64),
+            Feed::Generate { rate: Some(r), .. } if !self.exhausted() => {
+                Some((self.global(self.made - self.made0) as f64 * 1e6 / r) as u64)
+            }
             _ => None,
         }
     }
@@ -218,7 +224,7 @@ impl Ingest {
             let k = self.made;
             let (bytes, ingest_us) = match &self.feed {
                 Feed::Generate { rate, .. } => {
-                    let due = rate.map(|r| (self.global(k) as f64 * 1e6 / r) as u64);
+                    let due = rate.map(|r| (self.global(k - self.made0) as f64 * 1e6 / r) as u64);
                     if due.is_some_and(|d| d > elapsed_us) {
                         break;
                     }
@@ -249,6 +255,26 @@ impl Ingest {
         }
         r
     }
+}
+
+/// How much of its feed a supervised run had logged before this process
+/// (re)started: a restart continues the feed where it stopped, a new run
+/// (or an unsupervised one) starts it afresh after what the log holds.
+fn feed_progress(store: &Store, partition: u32, end: u64) -> Result<u64> {
+    use hams_storage::schema::{feed_start_key, RUN_KEY};
+    let id = std::env::var(crate::run::ENV_RUN_ID).ok();
+    let same = id.is_some() && store.get::<String>(Cf::Meta, RUN_KEY)? == id;
+    if same {
+        let start = store.get::<u64>(Cf::Meta, &feed_start_key(partition))?.unwrap_or(end);
+        return Ok(end.saturating_sub(start));
+    }
+    let mut b = Batch::new();
+    b.put(store, Cf::Meta, &feed_start_key(partition), &end);
+    if let Some(id) = id {
+        b.put(store, Cf::Meta, RUN_KEY, &id);
+    }
+    store.commit(b, true)?;
+    Ok(0)
 }
 
 /// Decodes and checks a request against the graph's source, into a dataflow

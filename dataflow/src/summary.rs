@@ -113,6 +113,8 @@ pub struct Totals {
     pub orphans: u64,
     /// First release depending on each (model, incarnation > 0), µs since the Unix epoch.
     pub first_release: std::collections::BTreeMap<(u16, u32), u64>,
+    /// First release of this process's run, µs since the Unix epoch.
+    pub first_release_at: Option<u64>,
 }
 
 impl Totals {
@@ -128,6 +130,9 @@ impl Totals {
             self.audits.push(a);
         }
         self.orphans += s.orphans;
+        if let Some(t) = s.first_us {
+            self.first_release_at = Some(self.first_release_at.map_or(t, |f| f.min(t)));
+        }
         for (m, inc, at) in s.first_release {
             let e = self.first_release.entry((m, inc)).or_insert(at);
             *e = (*e).min(at);

@@ -33,7 +33,7 @@ use crate::exec::ExecEvent;
 use crate::frontier::Frontier;
 use crate::ids::{Epoch, ExecId, Incarnation, Micros, ModelId, Seq, SessionId, WorkerId};
 use crate::infer::MAX_START_FAILURES;
-use crate::records::{Cut, Delta, DeltaBody, Execution, LineageRecord, SessionState};
+use crate::records::{Cut, Delta, DeltaBody, Execution, SessionState};
 use crate::view::{Handoff, ViewTable};
 
 /// When the backup's state becomes durable.
@@ -76,8 +76,8 @@ pub struct Write<'a> {
     pub reset: bool,
     /// Session states to store (`None`: delete).
     pub states: &'a BTreeMap<SessionId, Option<SessionState>>,
-    /// Committed executions, for the checker.
-    pub lineage: &'a [(Seq, LineageRecord)],
+    /// Committed executions: what a promotion or a restart replays from, and the checker reads.
+    pub lineage: &'a [Execution],
     /// Lineage records past retention, to delete.
     pub forget: &'a [Seq],
     /// Lineage below this `seq` is gone (the checker cannot check it).
@@ -126,7 +126,7 @@ struct Active {
     checkpoint: Option<Image>,
     /// Applied but not yet persisted.
     dirty_states: BTreeMap<SessionId, Option<SessionState>>,
-    dirty_lineage: Vec<(Seq, LineageRecord)>,
+    dirty_lineage: Vec<Execution>,
     /// The next write replaces every stored state (a fresh or adopted image).
     reset: bool,
     /// The durable frontier: the first epoch not durable (None until synced, or once ended).
@@ -155,6 +155,8 @@ impl Active {
         self.live.states = states.into_iter().collect();
         self.live.held = executions.into_iter().map(|e| (e.seq, e)).collect();
         self.dirty_states = self.live.states.iter().map(|(s, st)| (*s, Some(st.clone()))).collect();
+        // The held executions must be on this backup's disk too: a restart replays from them.
+        self.dirty_lineage.extend(self.live.held.values().cloned());
         self.reset = true;
         self.synced = true;
         self.durable_at.get_or_insert(epoch);
@@ -204,7 +206,9 @@ impl BackupCore {
     /// The backup of `cfg.model` on worker `me`; it is the backup of
     /// incarnation 0 if the initial placement says so.
     pub fn new(cfg: BackupConfig, me: WorkerId, table: &ViewTable, now: Micros) -> Self {
-        let initially = table.placement(cfg.model).backup == me;
+        // A later incarnation (a restart) starts unsynced, taking its role like any new backup.
+        let p = table.roles(cfg.model);
+        let initially = p.backup == me && p.inc == Incarnation(0);
         BackupCore {
             active: initially.then(|| Active::new(Incarnation(0), true, Some(Epoch(0)), now)),
             cfg,
@@ -233,6 +237,11 @@ impl BackupCore {
     /// A cut arrived on an upstream model's durable stream.
     pub fn upstream_cut(&mut self, c: &Cut) {
         self.upstream_cuts.on_cut(c);
+    }
+
+    /// Executions of upstream `model` below incarnation `floor` are committed (see [`crate::restart`]).
+    pub fn upstream_floor(&mut self, model: ModelId, floor: Incarnation) {
+        self.upstream_cuts.floor(model, floor);
     }
 
     /// The spare executor reported something; true when it became ready (for telemetry).
@@ -534,7 +543,7 @@ impl BackupCore {
                             a.dirty_states.insert(s, st);
                         }
                         for e in executions {
-                            a.dirty_lineage.push((e.seq, e.lineage_record()));
+                            a.dirty_lineage.push(e.clone());
                             top_seq = top_seq.max(Some(e.seq));
                             a.live.held.insert(e.seq, e);
                         }
@@ -633,6 +642,6 @@ fn persist(cfg: &BackupConfig, a: &mut Active, written: &mut VecDeque<Seq>, stor
     }
     a.dirty_states.clear();
     a.reset = false;
-    written.extend(a.dirty_lineage.drain(..).map(|(seq, _)| seq));
+    written.extend(a.dirty_lineage.drain(..).map(|e| e.seq));
     true
 }

@@ -49,12 +49,24 @@ pub enum Verdict {
 #[derive(Debug, Clone, Default)]
 pub struct Cuts {
     cuts: BTreeMap<ModelId, BTreeMap<Incarnation, Epoch>>,
+    /// Per model: executions of incarnations below this came from a disk
+    /// image when the cluster restarted, so they are committed.
+    floors: BTreeMap<ModelId, Incarnation>,
 }
 
 impl Cuts {
     /// Records a cut.
     pub fn on_cut(&mut self, c: &Cut) {
         self.cuts.entry(c.model).or_default().insert(c.inc, c.epoch);
+    }
+
+    /// Executions of `model` below incarnation `floor` are committed (see [`crate::restart`]).
+    pub fn floor(&mut self, model: ModelId, floor: Incarnation) {
+        self.floors.insert(model, floor);
+    }
+
+    fn below_floor(&self, t: &LineageTag) -> bool {
+        self.floors.get(&t.model).is_some_and(|f| t.incarnation < *f)
     }
 
     /// The verdict on a result with `lineage`; `durable(m)` is model `m`'s
@@ -64,6 +76,9 @@ impl Cuts {
         let empty = BTreeMap::new();
         let mut all = true;
         for t in lineage {
+            if self.below_floor(t) {
+                continue;
+            }
             let Some(f) = durable(t.model) else { continue };
             match committed(self.cuts.get(&t.model).unwrap_or(&empty), f, t.incarnation, t.epoch) {
                 Some(true) => {}
@@ -80,10 +95,12 @@ impl Cuts {
 
     /// True when `tag` is known to be an orphan (cut at or before its epoch).
     pub fn is_orphan(&self, tag: &LineageTag) -> bool {
-        self.cuts
-            .get(&tag.model)
-            .and_then(|c| c.get(&tag.incarnation))
-            .is_some_and(|cut| tag.epoch >= *cut)
+        !self.below_floor(tag)
+            && self
+                .cuts
+                .get(&tag.model)
+                .and_then(|c| c.get(&tag.incarnation))
+                .is_some_and(|cut| tag.epoch >= *cut)
     }
 }
 
@@ -143,6 +160,11 @@ impl Sink {
     /// A cut arrives on a durable stream.
     pub fn on_cut(&mut self, c: &Cut) {
         self.cuts.on_cut(c);
+    }
+
+    /// Executions of `model` below incarnation `floor` are committed (see [`crate::restart`]).
+    pub fn floor(&mut self, model: ModelId, floor: Incarnation) {
+        self.cuts.floor(model, floor);
     }
 
     /// Decides every held result against the durable frontiers.

@@ -28,6 +28,20 @@ pub struct Topology {
     pub colocate: bool,
 }
 
+impl Topology {
+    /// The initial roles: `placement` at incarnation 0, or as a restart's
+    /// plan says (see [`crate::restart`]).
+    pub fn starting(&self, starts: &BTreeMap<ModelId, crate::restart::Start>) -> BTreeMap<ModelId, (Incarnation, WorkerId, WorkerId)> {
+        self.placement
+            .iter()
+            .map(|(m, (p, b))| match starts.get(m) {
+                Some(s) => (*m, (s.inc, s.primary, s.backup)),
+                None => (*m, (Incarnation(0), *p, *b)),
+            })
+            .collect()
+    }
+}
+
 /// The coordinator's state.
 #[derive(Debug, Clone)]
 pub struct Coordinator {
@@ -37,13 +51,10 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator at view 0.
-    pub fn new(topology: Topology) -> Self {
-        let roles = topology
-            .placement
-            .iter()
-            .map(|(m, (p, b))| (*m, (Incarnation(0), *p, *b)))
-            .collect();
+    /// A coordinator at view 0, with each model's roles as `starts` says
+    /// (a restart) or at incarnation 0 where the topology puts it.
+    pub fn new(topology: Topology, starts: &BTreeMap<ModelId, crate::restart::Start>) -> Self {
+        let roles = topology.starting(starts);
         Coordinator {
             topology,
             roles,

@@ -61,7 +61,7 @@
 //! - [`primary`], [`infer`]: a model node and a stateful primary's rules.
 //! - [`backup`]: apply, cut and sync. [`coordinator`]: view changes.
 //!   [`view`]: one worker's control table. [`commit`]: the sink's release rule.
-//! - [`join`]: fan-in by `seq`.
+//! - [`join`]: fan-in by `seq`. [`restart`]: how a whole cluster starts again from its disks.
 //! - [`invariants`]: I1–I5 over durable records, shared by the simulator and `hams verify`.
 //! - [`sim`]: the deterministic simulator.
 #![warn(missing_docs)]
@@ -79,6 +79,7 @@ pub mod invariants;
 pub mod join;
 pub mod primary;
 pub mod records;
+pub mod restart;
 pub mod sim;
 pub mod view;
 

@@ -96,6 +96,12 @@ impl ViewTable {
         }
     }
 
+    /// Starts `model` at `inc` with the given workers (a restart, see [`crate::restart`]).
+    pub fn start_at(&mut self, model: ModelId, inc: Incarnation, primary: WorkerId, backup: WorkerId) {
+        let p = self.models.get_mut(&model).unwrap_or_else(|| unknown_model(model));
+        (p.inc, p.primary, p.backup) = (inc, primary, backup);
+    }
+
     /// Views applied so far.
     pub fn view(&self) -> View {
         self.view

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hams_protocol::backup::{Durable, Write};
-use hams_protocol::records::{LineageRecord, SessionState};
+use hams_protocol::records::{Execution, LineageRecord, SessionState};
 use hams_protocol::{Incarnation, ModelId, Seq, SessionId};
 
 use crate::error::Result;
@@ -33,11 +33,7 @@ impl Durable for BackupWriter {
         let mut batch = Batch::new();
         if w.reset {
             // A fresh or adopted image replaces every state this store held for the model.
-            let end = match w.model.0.checked_add(1) {
-                Some(next) => model_key(ModelId(next), 0).to_vec(),
-                None => vec![0xff; 11],
-            };
-            batch.delete_range(s, Cf::State, &model_key(w.model, 0), &end);
+            batch.delete_range(s, Cf::State, &model_key(w.model, 0), &model_key_end(w.model));
             batch.put(s, Cf::Meta, &backup_key(w.model), &w.inc);
         }
         for (session, state) in w.states {
@@ -46,8 +42,8 @@ impl Durable for BackupWriter {
                 None => batch.delete(s, Cf::State, &model_key(w.model, session.0)),
             }
         }
-        for (seq, rec) in w.lineage {
-            batch.put(s, Cf::Lineage, &model_key(w.model, seq.0), rec);
+        for e in w.lineage {
+            batch.put(s, Cf::Lineage, &model_key(w.model, e.seq.0), e);
         }
         for seq in w.forget {
             batch.delete(s, Cf::Lineage, &model_key(w.model, seq.0));
@@ -78,13 +74,33 @@ pub fn states(store: &Store) -> Result<StoredStates> {
     Ok(out)
 }
 
-/// Every committed execution in `store`.
+/// Every committed execution in `store`, as the checker reads it.
 pub fn lineage(store: &Store) -> Result<Vec<(ModelId, Seq, LineageRecord)>> {
-    Ok(store
-        .scan::<LineageRecord>(Cf::Lineage, &[], &[0xff; 11], usize::MAX)?
+    Ok(executions(store, None)?
         .into_iter()
-        .filter_map(|(k, rec)| model_key_parts(&k).map(|(m, seq)| (m, Seq(seq), rec)))
+        .map(|(m, e)| (m, e.seq, e.lineage_record()))
         .collect())
+}
+
+/// Every committed execution in `store` (of `model` only, if given).
+pub fn executions(store: &Store, model: Option<ModelId>) -> Result<Vec<(ModelId, Execution)>> {
+    let (from, to) = match model {
+        Some(m) => (model_key(m, 0).to_vec(), model_key_end(m)),
+        None => (Vec::new(), vec![0xff; 11]),
+    };
+    Ok(store
+        .scan::<Execution>(Cf::Lineage, &from, &to, usize::MAX)?
+        .into_iter()
+        .filter_map(|(k, e)| model_key_parts(&k).map(|(m, _)| (m, e)))
+        .collect())
+}
+
+/// The first key after every key of `model`.
+fn model_key_end(model: ModelId) -> Vec<u8> {
+    match model.0.checked_add(1) {
+        Some(next) => model_key(ModelId(next), 0).to_vec(),
+        None => vec![0xff; 11],
+    }
 }
 
 /// The lineage horizon of `model` in `store` (0 when nothing was garbage-collected).
@@ -106,23 +122,19 @@ mod tests {
             fp: hams_protocol::Fingerprint(x as u64),
         };
         let first = BTreeMap::from([(SessionId(1), Some(st(1.0))), (SessionId(2), Some(st(2.0)))]);
-        let rec = LineageRecord {
+        let rec = Execution {
+            seq: Seq(5),
             session: Some(SessionId(1)),
             start: true,
             end: false,
-            ok: true,
+            outcome: Ok(vec![1.0]),
             prev_fp: hams_protocol::Fingerprint(0),
             fp: hams_protocol::Fingerprint(1),
             inc: Incarnation(0),
             epoch: hams_protocol::Epoch(0),
-            upstream: vec![],
+            input_lineage: vec![],
         };
-        fn write<'a>(
-            states: &'a BTreeMap<SessionId, Option<SessionState>>,
-            reset: bool,
-            inc: u32,
-            lineage: &'a [(Seq, LineageRecord)],
-        ) -> Write<'a> {
+        fn write<'a>(states: &'a BTreeMap<SessionId, Option<SessionState>>, reset: bool, inc: u32, lineage: &'a [Execution]) -> Write<'a> {
             Write {
                 model: ModelId(3),
                 inc: Incarnation(inc),
@@ -133,7 +145,7 @@ mod tests {
                 horizon: None,
             }
         }
-        w.write(&write(&first, true, 0, &[(Seq(5), rec.clone())])).unwrap();
+        w.write(&write(&first, true, 0, std::slice::from_ref(&rec))).unwrap();
         let other = BTreeMap::from([(SessionId(9), Some(st(9.0)))]);
         let w2 = Write {
             model: ModelId(4),
@@ -146,6 +158,8 @@ mod tests {
         assert_eq!(all[&ModelId(3)].0, Incarnation(2));
         assert_eq!(all[&ModelId(3)].1.keys().copied().collect::<Vec<_>>(), vec![SessionId(2)]);
         assert_eq!(all[&ModelId(4)].1.len(), 1, "another model's states are untouched");
-        assert_eq!(lineage(&store).unwrap(), vec![(ModelId(3), Seq(5), rec)]);
+        assert_eq!(lineage(&store).unwrap(), vec![(ModelId(3), Seq(5), rec.lineage_record())]);
+        assert_eq!(executions(&store, Some(ModelId(3))).unwrap(), vec![(ModelId(3), rec)]);
+        assert!(executions(&store, Some(ModelId(4))).unwrap().is_empty());
     }
 }

@@ -9,15 +9,17 @@
 //! | `output` | [`log_key`] (partition, offset) | [`OutputRecord`] |
 //! | `released` | [`log_key`] (partition, offset) | `seq` (`u64`), released offsets above the watermark |
 //! | `state` | [`model_key`] (model, session) | [`SessionState`], a backup's session states |
-//! | `lineage` | [`model_key`] (model, seq) | [`LineageRecord`], committed executions |
+//! | `lineage` | [`model_key`] (model, seq) | [`Execution`], committed executions (what a restart replays from; the checker reads their [`LineageRecord`]) |
 //! | `meta` | [`FORMAT_KEY`] | the format string |
 //! | `meta` | [`log_meta_key`] `start`/`pos` | first offset kept / a consumer's position (`u64`) |
 //! | `meta` | [`horizon_key`] (model) | lineage below this `seq` was garbage-collected (`u64`) |
 //! | `meta` | [`backup_key`] (model) | incarnation whose backup the `state` rows belong to ([`Incarnation`]) |
 //! | `meta` | [`SHAPE_KEY`] | the graph's shape ([`GraphShape`]) |
 //! | `meta` | [`PARTITIONS_KEY`] | the source partitions this store is home of (`Vec<u32>`) |
+//! | `meta` | [`RUN_KEY`] | id of the supervised run that last wrote here (`String`) |
+//! | `meta` | [`feed_start_key`] (partition) | the partition's log end when that run began (`u64`) |
 
-pub use hams_protocol::records::{GraphShape, LineageRecord, OutputRecord, SessionState, SourceRecord};
+pub use hams_protocol::records::{Execution, GraphShape, LineageRecord, OutputRecord, SessionState, SourceRecord};
 pub use hams_protocol::{Incarnation, ModelId, Seq, SessionId};
 
 use crate::store::Cf;
@@ -30,6 +32,15 @@ pub const SHAPE_KEY: &[u8] = b"graph/shape";
 
 /// Meta key of the source partitions a process's store is home of.
 pub const PARTITIONS_KEY: &[u8] = b"graph/partitions";
+
+/// Meta key of the id of the supervised run that last wrote here: a restart
+/// of that run continues its feed; another run starts a new one.
+pub const RUN_KEY: &[u8] = b"run/id";
+
+/// Meta key of a partition's log end when the current run began.
+pub fn feed_start_key(partition: u32) -> Vec<u8> {
+    format!("run/feed_start/{partition}").into_bytes()
+}
 
 /// Key of a record in a partitioned log or the released ledger.
 pub fn log_key(partition: u32, offset: u64) -> [u8; 12] {

@@ -34,6 +34,8 @@ pub struct BackupConfig {
     pub core: CoreConfig,
     /// Where its writes go.
     pub writer: BackupWriter,
+    /// Per model: executions below this incarnation came from a restart's disk images (committed).
+    pub floors: Vec<(hams_protocol::ModelId, hams_protocol::Incarnation)>,
 }
 
 /// The streams of a backup.
@@ -87,6 +89,9 @@ impl<'scope> Backup<'scope> for Stream<'scope, Time, Vec<Delta>> {
             let mut durable_cap: Option<Capability<Time>> = initial.pop();
             let mut inbox = EpochCaps::<1>::default();
             let mut core = BackupCore::new(config.core.clone(), WorkerId(me), &control.borrow().table, clock());
+            for (m, floor) in &config.floors {
+                core.upstream_floor(*m, *floor);
+            }
             let mut writer = config.writer.clone();
             let wake = move || -> crate::executor::Wake {
                 let a = sync_activator.clone();

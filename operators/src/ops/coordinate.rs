@@ -13,17 +13,16 @@ use timely::dataflow::Stream;
 use super::telemetry::FaultLog;
 use super::{now_us, Time};
 
-pub use hams_protocol::coordinator::Topology as CoordinatorConfig;
+pub use hams_protocol::coordinator::Topology;
 
 /// Coordinates recoveries.
 pub trait Coordinate<'scope> {
     /// Gathers failure reports on worker 0 and emits one [`Recover`] per new failure.
-    fn coordinate(self, config: CoordinatorConfig, log: Rc<RefCell<FaultLog>>) -> Stream<'scope, Time, Vec<Recover>>;
+    fn coordinate(self, coordinator: Coordinator, log: Rc<RefCell<FaultLog>>) -> Stream<'scope, Time, Vec<Recover>>;
 }
 
 impl<'scope> Coordinate<'scope> for Stream<'scope, Time, Vec<Failed>> {
-    fn coordinate(self, config: CoordinatorConfig, log: Rc<RefCell<FaultLog>>) -> Stream<'scope, Time, Vec<Recover>> {
-        let mut coordinator = Coordinator::new(config);
+    fn coordinate(self, mut coordinator: Coordinator, log: Rc<RefCell<FaultLog>>) -> Stream<'scope, Time, Vec<Recover>> {
         self.unary(Exchange::new(|_: &Failed| 0), "Coordinate", move |_, _| {
             move |input, output| {
                 input.for_each_stamp(|cap, data| {

@@ -29,6 +29,8 @@ pub struct SinkConfig {
     /// Output records from this offset on are never garbage-collected (a
     /// publisher has not shipped them yet); `u64::MAX` when there is none.
     pub keep_from: Arc<AtomicU64>,
+    /// Per model: executions below this incarnation came from a restart's disk images (committed).
+    pub floors: Vec<(hams_protocol::ModelId, hams_protocol::Incarnation)>,
 }
 
 /// Durable state of one sink.

@@ -77,6 +77,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Time, Vec<Envelope>> {
         config: SinkConfig,
     ) -> Result<SinkStreams<'scope>> {
         let mut ledger = Ledger::open(&config)?;
+        let floors = config.floors.clone();
         let mut builder = OperatorBuilder::new("Release".to_string(), self.scope());
         let mut ok_in = builder.new_input(self, Exchange::new(|e: &Envelope| e.meta.home as u64));
         let mut err_in = builder.new_input(failures, Exchange::new(|f: &Failure| f.meta.home as u64));
@@ -95,6 +96,9 @@ impl<'scope> Release<'scope> for Stream<'scope, Time, Vec<Envelope>> {
             let mut final_cap: Option<Capability<Time>> = initial.pop();
             let mut caps = EpochCaps::<2>::default();
             let mut sink = Sink::new();
+            for (m, floor) in &floors {
+                sink.floor(*m, *floor);
+            }
             move |frontiers| {
                 let mut out = out.activate();
                 let mut wm_out = wm_out.activate();
@@ -134,6 +138,7 @@ impl<'scope> Release<'scope> for Stream<'scope, Time, Vec<Envelope>> {
                     match ledger.commit(records) {
                         Ok(done) => {
                             stats.suppressed = done.suppressed;
+                            stats.first_us = (!done.records.is_empty()).then_some(done.at_us);
                             for rec in &done.records {
                                 let latency = done.at_us.saturating_sub(rec.ingest_us);
                                 crate::metrics::metrics().released(latency, rec.outcome.is_err());

@@ -52,6 +52,8 @@ pub struct SinkStats {
     pub first_release: Vec<(u16, u32, u64)>,
     /// Final exactly-once audit of the partition, sent once when the stream ends.
     pub audit: Option<Audit>,
+    /// When the first of these results was released (µs since the Unix epoch).
+    pub first_us: Option<u64>,
 }
 
 /// What the durable logs say of one partition at the end of a run (I1).

@@ -33,7 +33,9 @@ use crate::ids::{Epoch, ExecId, Incarnation, Micros, ModelId, Seq, SessionId, Vi
 use crate::infer::{InferAction, InferConfig, InferCore};
 use crate::invariants::{self, Evidence, Partition};
 use crate::join::JoinCore;
-use crate::records::{Cut, Delta, ErrorKind, Failed, LineageRecord, OutputRecord, Recover, RequestError, SessionState, Values, Watermark};
+use crate::records::{
+    Cut, Delta, ErrorKind, Execution, Failed, LineageRecord, OutputRecord, Recover, RequestError, SessionState, Values, Watermark,
+};
 use crate::view::ViewTable;
 
 /// The simulator hashes small integer keys millions of times: a multiply-rotate
@@ -130,7 +132,7 @@ struct SimExec {
 /// One process's disk.
 #[derive(Debug, Default)]
 struct Disk {
-    lineage: BTreeMap<(ModelId, Seq), LineageRecord>,
+    lineage: BTreeMap<(ModelId, Seq), Execution>,
     states: BTreeMap<ModelId, (Incarnation, BTreeMap<SessionId, SessionState>)>,
 }
 
@@ -321,7 +323,7 @@ impl World {
                     above: BTreeSet::new(),
                 })
                 .collect(),
-            coordinator: Coordinator::new(topology),
+            coordinator: Coordinator::new(topology, &BTreeMap::new()),
             upstream,
             committed: HashMap::default(),
             outputs: Vec::new(),
@@ -1326,8 +1328,8 @@ impl World {
             .collect();
         let mut lineage = Vec::new();
         for d in &self.disks {
-            for ((m, seq), rec) in &d.lineage {
-                lineage.push((*m, *seq, rec.clone()));
+            for ((m, seq), e) in &d.lineage {
+                lineage.push((*m, *seq, e.lineage_record()));
             }
         }
         // The final states are those of the latest backup that synced: a new
@@ -1467,7 +1469,8 @@ impl Durable for SimDisk<'_> {
                 None => entry.1.remove(s),
             };
         }
-        for (seq, rec) in w.lineage {
+        for e in w.lineage {
+            let (seq, rec) = (&e.seq, e.lineage_record());
             for t in &rec.upstream {
                 let held = self
                     .committed
@@ -1481,14 +1484,14 @@ impl Durable for SimDisk<'_> {
                 }
             }
             if let Some(prev) = self.committed.insert((w.model, *seq), rec.clone()) {
-                if prev != *rec {
+                if prev != rec {
                     self.violations.push(format!(
                         "I4: model {} seq {seq} committed twice: fp {} -> {} (inc {}) and fp {} -> {} (inc {})",
                         w.model.0, prev.prev_fp.0, prev.fp.0, prev.inc.0, rec.prev_fp.0, rec.fp.0, rec.inc.0
                     ));
                 }
             }
-            self.disk.lineage.insert((w.model, *seq), rec.clone());
+            self.disk.lineage.insert((w.model, *seq), e.clone());
         }
         Ok(())
     }
