@@ -346,12 +346,19 @@ impl BackupCore {
         let mut acts = Vec::new();
         let mut wake = None;
         self.drop_cut_deltas(table);
-        self.maybe_cut(table, store, &mut acts);
+        // The role first: a view change that makes this the backup of a new
+        // incarnation and the next one's recovery can arrive together, and the
+        // cut must then adopt the snapshot waiting in the inbox at once.
         self.maybe_take_role(now, table, &mut acts);
+        self.maybe_cut(table, store, &mut acts);
         self.ensure_spare(now, table, &mut acts, &mut wake);
         self.apply(now, frontiers, store, &mut acts, &mut wake);
         // A write that failed before may have just succeeded: cut now if one is due.
         self.maybe_cut(table, store, &mut acts);
+        if self.cut_due(table) {
+            // Still due: look again soon rather than wait for something to wake us.
+            wake = Some(wake.map_or(10_000, |w: Micros| w.min(10_000)));
+        }
         self.gc(now, table, store);
         self.arrived.retain(|e, _| self.inbox.contains_key(e));
         if frontiers.deltas.is_empty() && self.inbox.is_empty() && !self.ended {
@@ -463,6 +470,13 @@ impl BackupCore {
                 executions: image.held.into_values().collect(),
             },
         );
+    }
+
+    /// True when the next view change waits for this backup to cut.
+    fn cut_due(&self, table: &ViewTable) -> bool {
+        let model = self.cfg.model;
+        let Some(r) = table.next_recover() else { return false };
+        r.roles.iter().any(|ro| ro.model == model) && table.roles(model).backup == self.me && !self.ended
     }
 
     /// Takes the backup role of a new incarnation placed on this worker.

@@ -122,6 +122,8 @@ struct Serving {
     dead: bool,
     in_flight: HashMap<u64, InFlight>,
     health: Health,
+    /// When it was found hung and killed (its death should follow as an event).
+    killed_at: Option<Micros>,
 }
 
 impl Serving {
@@ -132,6 +134,7 @@ impl Serving {
             dead: false,
             in_flight: HashMap::new(),
             health: Health::new(now),
+            killed_at: None,
         }
     }
 }
@@ -276,8 +279,10 @@ impl InferCore {
             return acts;
         }
         self.wake_after = None;
-        self.sync_role(now, table, frontier, &mut acts);
+        // Events first: an executor whose death is already reported must not
+        // be handed on as a spare by a demotion in the same step.
         self.collect_events(now, table, &mut acts);
+        self.sync_role(now, table, frontier, &mut acts);
         self.respawn(now, table, &mut acts);
         self.watch_health(now, &mut acts);
         self.submit(now, table, frontier, &mut acts);
@@ -493,7 +498,21 @@ impl InferCore {
                 });
                 self.wake(after_us);
             }
-            Check::Kill { reason } => acts.push(InferAction::Kill { exec, reason }),
+            Check::Kill { reason } => match s.killed_at {
+                None => {
+                    s.killed_at = Some(now);
+                    acts.push(InferAction::Kill { exec, reason });
+                    self.wake(d.answer_us.max(1000));
+                }
+                // Killed long ago and still no word of its death (a lost event, an
+                // executor that was already gone): take it as dead.
+                Some(t) if now.saturating_sub(t) > d.answer_us => {
+                    let reason = format!("{reason}; killed {} ms ago and its death never reported", (now - t) / 1000);
+                    self.events.push_back((exec, ExecEvent::Died { reason }));
+                    self.wake(1000);
+                }
+                Some(t) => self.wake((t + d.answer_us).saturating_sub(now).max(1000)),
+            },
         }
     }
 

@@ -168,3 +168,25 @@ fn regression_a_promoted_primary_killed_before_its_backup_synced() {
     });
     assert_eq!(report(&c), None);
 }
+
+/// Found by the simulation: a primary's executor was killed just as a view
+/// change demoted it; the demotion handed the (dead) executor to the backup
+/// as its warm spare before the death was read, the death was then dropped,
+/// and when that spare was promoted it never answered and was never declared
+/// dead: the service hung. Deaths are now read before roles change, and an
+/// executor killed for a hang whose death is never reported counts as dead.
+#[test]
+fn regression_a_dead_executor_is_never_handed_on_as_a_spare() {
+    let c = regression(13682, "mixed", |c| {
+        (c.requests, c.gap_us, c.sessions, c.session_len) = (29, 292, 1, 2);
+        (c.nondeterministic, c.max_batch, c.deadline_us, c.apply_delay_us) = (false, 4, 156163, 18515);
+        c.write_failures = true;
+        (c.net_delay_us, c.progress_delay_us, c.service_us) = (58, 1276, 81);
+        c.faults = vec![
+            fault(Target::Primary(0), FaultKind::Kill, 5527),
+            fault(Target::Primary(2), FaultKind::Kill, 6166),
+            fault(Target::Primary(0), FaultKind::Hang, 12882),
+        ];
+    });
+    assert_eq!(report(&c), None);
+}

@@ -6,6 +6,7 @@
 //! - [`layout`]: the data directory and its per-process databases.
 //! - [`store`]: the database, its column families and atomic batches.
 //! - [`log`]: partitioned append-only logs with offsets and consumer positions.
+//! - [`mirror`]: every commit also on the next process, so a lost disk loses nothing durable.
 //! - [`released`]: which `seq`s have been released, durably.
 //! - [`request`]: request wire formats and the seeded generator.
 //! - [`schema`]: every column family, key layout and record type, in one table.
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod error;
 pub mod layout;
 pub mod log;
+pub mod mirror;
 pub mod record;
 pub mod released;
 pub mod request;

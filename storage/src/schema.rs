@@ -16,6 +16,7 @@
 //! | `meta` | [`backup_key`] (model) | incarnation whose backup the `state` rows belong to ([`Incarnation`]) |
 //! | `meta` | [`SHAPE_KEY`] | the graph's shape ([`GraphShape`]) |
 //! | `meta` | [`PARTITIONS_KEY`] | the source partitions this store is home of (`Vec<u32>`) |
+//! | `meta` | [`COMMIT_KEY`] | number of the last commit mirrored to the successor (`u64`) |
 //! | `meta` | [`RUN_KEY`] | id of the supervised run that last wrote here (`String`) |
 //! | `meta` | [`feed_start_key`] (partition) | the partition's log end when that run began (`u64`) |
 
@@ -32,6 +33,9 @@ pub const SHAPE_KEY: &[u8] = b"graph/shape";
 
 /// Meta key of the source partitions a process's store is home of.
 pub const PARTITIONS_KEY: &[u8] = b"graph/partitions";
+
+/// Meta key of the number of the last commit mirrored (see [`crate::mirror`]).
+pub const COMMIT_KEY: &[u8] = b"mirror/commit";
 
 /// Meta key of the id of the supervised run that last wrote here: a restart
 /// of that run continues its feed; another run starts a new one.

@@ -53,6 +53,9 @@ impl Cf {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    root: PathBuf,
+    /// The successor's mirror every commit also goes to (clusters; see [`crate::mirror`]).
+    mirror: std::sync::Mutex<Option<crate::mirror::Link>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,7 +185,12 @@ impl Store {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| Error::rocks(&path, e))?;
-        let store = Store { db, path };
+        let store = Store {
+            db,
+            path,
+            root: dir.to_path_buf(),
+            mirror: std::sync::Mutex::new(None),
+        };
         store.check_format_record(fresh)?;
         Ok(Arc::new(store))
     }
@@ -200,7 +208,12 @@ impl Store {
         let path = dir.join(DB_DIR);
         let cfs = Cf::ALL.map(|cf| cf.name());
         let db = DB::open_cf_for_read_only(&Options::default(), &path, cfs, false).map_err(|e| Error::rocks(&path, e))?;
-        let store = Store { db, path };
+        let store = Store {
+            db,
+            path,
+            root: dir.to_path_buf(),
+            mirror: std::sync::Mutex::new(None),
+        };
         store.check_format_record(false)?;
         Ok(Arc::new(store))
     }
@@ -235,14 +248,63 @@ impl Store {
         self.db.cf_handle(cf.name()).expect("column families are checked at open")
     }
 
-    /// Applies `batch` atomically; with `sync`, waits for the WAL to reach the disk.
-    pub fn commit(&self, batch: Batch, sync: bool) -> Result<()> {
+    /// The data directory (its `FORMAT` marker and `db/`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Applies `batch` atomically; with `sync`, waits for the WAL to reach the
+    /// disk. In a cluster it returns only once the successor's mirror holds
+    /// the batch too.
+    ///
+    /// # Panics
+    /// If the mirror is gone (its process died): the cluster restarts, and
+    /// this process with it.
+    pub fn commit(&self, mut batch: Batch, sync: bool) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(batch.inner, &wo).map_err(|e| Error::rocks(&self.path, e))
+        let mut mirror = self.mirror.lock().expect("poisoned");
+        let Some(link) = mirror.as_mut() else {
+            drop(mirror);
+            return self.db.write_opt(batch.inner, &wo).map_err(|e| Error::rocks(&self.path, e));
+        };
+        // Numbered, so a restart can tell whether a crash left the copies a batch apart.
+        let seq = self.commit_seq()? + 1;
+        batch.put(self, Cf::Meta, crate::schema::COMMIT_KEY, &seq);
+        let data = batch.inner.data().to_vec();
+        self.db.write_opt(batch.inner, &wo).map_err(|e| Error::rocks(&self.path, e))?;
+        if let Err(e) = link.write(&data, sync) {
+            panic!("the mirror of {} is gone ({e}); a peer process died", self.root.display());
+        }
+        Ok(())
+    }
+
+    /// Sends every later commit to `link` too (see [`crate::mirror`]).
+    pub fn set_mirror(&self, link: crate::mirror::Link) {
+        *self.mirror.lock().expect("poisoned") = Some(link);
+    }
+
+    /// The number of the last mirrored commit (0: none).
+    pub fn commit_seq(&self) -> Result<u64> {
+        Ok(self.get::<u64>(Cf::Meta, crate::schema::COMMIT_KEY)?.unwrap_or(0))
+    }
+
+    /// Applies a batch another store committed (a mirror's side).
+    pub fn apply_raw(&self, data: &[u8], sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .write_opt(WriteBatch::from_data(data), &wo)
+            .map_err(|e| Error::rocks(&self.path, e))
+    }
+
+    /// Writes a consistent copy of the database into `dir` (which must not exist).
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| Error::rocks(&self.path, e))?;
+        cp.create_checkpoint(dir).map_err(|e| Error::rocks(&self.path, e))
     }
 
     /// Raw value at `key`.

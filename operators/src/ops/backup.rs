@@ -154,10 +154,18 @@ impl<'scope> Backup<'scope> for Stream<'scope, Time, Vec<Delta>> {
                         },
                         BackupAction::Adopt(exec) => control.borrow().route_events(exec, &wake),
                         BackupAction::Drop(exec) => drop_executor(&control, exec, core.ended(), &mut telemetry),
-                        BackupAction::Cut(cut) => match durable_cap.as_ref().filter(|c| *c.time() <= cut.epoch.0) {
-                            Some(c) => durable_out.activate().session(&c.delayed(&cut.epoch.0)).give(cut),
-                            None => tracing::error!(%node, ?cut, "no durable capability for a cut"),
-                        },
+                        BackupAction::Cut(cut) => {
+                            // The durable capability, or (a snapshot adopted and cut in one
+                            // step) the capability its delta arrived with.
+                            let cap = durable_cap
+                                .as_ref()
+                                .filter(|c| *c.time() <= cut.epoch.0)
+                                .or_else(|| inbox.at_or_before(cut.epoch, 0));
+                            match cap {
+                                Some(c) => durable_out.activate().session(&c.delayed(&cut.epoch.0)).give(cut),
+                                None => tracing::error!(%node, ?cut, "no durable capability for a cut"),
+                            }
+                        }
                         BackupAction::Applied(seq) => {
                             if let Some(x) = core.spare() {
                                 inject(&control, x, model.0, Role::Backup, seq.0, &mut recovering, &mut telemetry);
