@@ -288,9 +288,13 @@ impl Supervisor {
                 continue;
             };
             if self.fired.insert(f, t).is_none() && self.wipe {
-                let dir = self.data_dir.join(format!("p{}", self.slots[i].process));
-                eprintln!("hams: wiping {} (--wipe: the host is lost with its disk)", dir.display());
-                let _ = std::fs::remove_dir_all(&dir);
+                // The host is lost with its disk: its own store and the mirror it kept.
+                let p = self.slots[i].process;
+                let pred = (p + self.processes - 1) % self.processes;
+                for dir in [self.data_dir.join(format!("p{p}")), self.data_dir.join(format!("m{pred}"))] {
+                    eprintln!("hams: wiping {} (--wipe: the host is lost with its disk)", dir.display());
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
             }
         }
     }
@@ -327,12 +331,22 @@ fn forward_signals() {
     }
 }
 
+/// `n` loopback addresses whose ports are free, each with the next port
+/// free too (a process's mirror listens there).
 fn free_ports(n: usize) -> Result<Vec<String>> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<_>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.to_string()))
-        .collect::<std::io::Result<_>>()?)
+    let mut held = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        let Some(next) = port.checked_add(1) else { continue };
+        if let Ok(m) = TcpListener::bind(("127.0.0.1", next)) {
+            out.push(format!("127.0.0.1:{port}"));
+            held.push(m);
+        }
+        held.push(l);
+    }
+    Ok(out)
 }
 
 /// Process faults already injected (from a supervisor), by index, with their times.

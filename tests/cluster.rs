@@ -7,9 +7,20 @@ mod common;
 #[test]
 fn three_processes_from_a_hostfile_release_everything_once() {
     let dir = tempfile::tempdir().unwrap();
+    // Each process listens on its port and (for its neighbour's mirror) the next one.
     let ports: Vec<u16> = {
-        let ls: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+        let mut held = Vec::new();
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            if let Ok(m) = TcpListener::bind(("127.0.0.1", p + 1)) {
+                ports.push(p);
+                held.push(m);
+            }
+            held.push(l);
+        }
+        ports
     };
     let hosts = dir.path().join("hosts.txt");
     std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();

@@ -80,12 +80,22 @@ fn killing_any_process_mid_stream_loses_nothing() {
 }
 
 #[test]
+fn losing_any_host_with_its_disk_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for k in 0..3 {
+        let data = dir.path().join(format!("wipe{k}"));
+        let s = run(&data, true, &["--kill-process", &format!("{k}@1500"), "--wipe"]);
+        check(&s, &data, &format!("host of process {k} lost with its disk"));
+    }
+}
+
+#[test]
 fn with_deterministic_models_a_process_kill_changes_no_result() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("baseline");
     let want = check(&run(&base, false, &[]), &base, "baseline");
     let data = dir.path().join("killed");
-    let got = check(&run(&data, false, &["--kill-process", "1@1200"]), &data, "process 1 killed");
+    let got = check(&run(&data, false, &["--kill-process", "1@1200", "--wipe"]), &data, "host 1 lost");
     for (seq, o) in &got {
         let (Ok(Values::F32(a)), Ok(Values::F32(b))) = (&o.outcome, &want[seq].outcome) else {
             panic!("seq {seq}: {:?} vs {:?}", o.outcome, want[seq].outcome);

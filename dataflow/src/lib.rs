@@ -30,6 +30,7 @@ pub mod mode;
 mod net;
 pub mod placement;
 pub mod reference;
+mod replica;
 pub mod resume;
 pub mod run;
 pub mod source;

@@ -323,7 +323,14 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
         )));
     }
     let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
-    let store = Store::open(&dir)?;
+    let (store, _mirror) = match config.timely.addresses.len() {
+        0 | 1 => (Store::open(&dir)?, None),
+        _ => {
+            let tag = cluster_tag(&config.timely.addresses, &config.graph.name);
+            let (store, server) = crate::replica::open(&config.data_dir, &dir, &config.timely.addresses, config.timely.process, tag)?;
+            (store, Some(server))
+        }
+    };
     let first = (config.timely.process * cluster.threads) as u32;
     let partitions: Vec<u32> = (first..first + cluster.threads as u32).collect();
     crate::resume::check_compatible(&store, &config.graph, &partitions)?;
