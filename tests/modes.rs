@@ -16,6 +16,9 @@ fn run(mode: &str, kill: bool) -> serde_json::Value {
         "--requests",
         "1500",
         "--nondeterministic",
+        // Open loop: sessions span many epochs, so a fault strikes them mid-way.
+        "--rate",
+        "3000",
     ];
     args.extend(["--mode", mode, "--checkpoint-ms", "100", "--data-dir", dir.path().to_str().unwrap()]);
     if kill {
