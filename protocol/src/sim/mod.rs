@@ -29,6 +29,8 @@ pub enum FaultKind {
     Kill,
     /// A hang (seen only by the deadline).
     Hang,
+    /// (Processes) a crash that also loses the process's disk.
+    Wipe,
 }
 
 /// Whose executor a fault hits, resolved when it fires.
@@ -40,6 +42,8 @@ pub enum Target {
     Spare(usize),
     /// The executor of a stateless node.
     Stateless(usize),
+    /// A whole worker process (the cluster restarts from its disks).
+    Process(usize),
 }
 
 /// A planned fault.
@@ -155,6 +159,7 @@ impl Config {
                     Target::Primary(i) => ("primary", i),
                     Target::Spare(i) => ("spare", i),
                     Target::Stateless(i) => ("stateless", i),
+                    Target::Process(p) => return format!("{:?} process {p}@{}us", f.kind, f.at),
                 };
                 format!("{:?} {}:{what}@{}us", f.kind, self.graph.nodes[i].name, f.at)
             })
@@ -215,8 +220,19 @@ impl Schedule {
         // Faults begin once every model has loaded (as `hams` starts its clocks).
         let loaded = c.load_us + 1_000;
         let mut t = loaded + rng.gen_range(0..span);
+        let processes = c.workers / c.threads;
         for _ in 0..n {
             let kind = if rng.gen_ratio(1, 5) { FaultKind::Hang } else { FaultKind::Kill };
+            if processes > 1 && rng.gen_ratio(1, 6) {
+                let kind = if rng.gen_ratio(1, 2) { FaultKind::Wipe } else { FaultKind::Kill };
+                c.faults.push(Fault {
+                    target: Target::Process(rng.gen_range(0..processes)),
+                    kind,
+                    at: t,
+                });
+                t += rng.gen_range(0..span);
+                continue;
+            }
             let target = match rng.gen_range(0..6) {
                 0..=2 => Target::Primary(stateful[rng.gen_range(0..stateful.len())]),
                 3..=4 => Target::Spare(stateful[rng.gen_range(0..stateful.len())]),

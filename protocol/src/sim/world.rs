@@ -36,7 +36,8 @@ use crate::join::JoinCore;
 use crate::records::{
     Cut, Delta, ErrorKind, Execution, Failed, LineageRecord, OutputRecord, Recover, RequestError, SessionState, Values, Watermark,
 };
-use crate::view::ViewTable;
+use crate::restart::{self, Image, Start};
+use crate::view::{Handoff, ViewTable};
 
 /// The simulator hashes small integer keys millions of times: a multiply-rotate
 /// hash (as rustc's FxHash) instead of SipHash, which is built against attacks
@@ -130,7 +131,7 @@ struct SimExec {
 }
 
 /// One process's disk.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Disk {
     lineage: BTreeMap<(ModelId, Seq), Execution>,
     states: BTreeMap<ModelId, (Incarnation, BTreeMap<SessionId, SessionState>)>,
@@ -197,6 +198,9 @@ pub(super) struct World {
     sinks: Vec<Sink>,
     sources: Vec<SourceState>,
     coordinator: Coordinator,
+    topology: Topology,
+    /// Restarts of the whole cluster so far.
+    generation: u32,
     /// Upstream stateful models of each stateful node, in port order.
     upstream: HashMap<usize, Vec<usize>>,
     /// Every execution some backup committed: the ground truth for I2 and I3.
@@ -323,7 +327,9 @@ impl World {
                     above: BTreeSet::new(),
                 })
                 .collect(),
-            coordinator: Coordinator::new(topology, &BTreeMap::new()),
+            coordinator: Coordinator::new(topology.clone(), &BTreeMap::new()),
+            topology,
+            generation: 0,
             upstream,
             committed: HashMap::default(),
             outputs: Vec::new(),
@@ -335,11 +341,43 @@ impl World {
             trace: cfg.trace,
             cfg,
         };
+        w.boot(&BTreeMap::new(), Vec::new());
+        for k in 0..w.cfg.faults.len() {
+            let at = w.cfg.faults[k].at;
+            w.at(at, Ev::Fault(k));
+        }
+        w
+    }
+
+    /// Builds every worker's state machines, each stateful model starting as
+    /// `starts` says (empty: a fresh start), and sets the cluster going.
+    fn boot(&mut self, starts: &BTreeMap<ModelId, Start>, handoffs: Vec<(WorkerId, ModelId, Handoff)>) {
+        let (g, place, workers) = (self.g.clone(), self.place.clone(), self.workers);
+        let models = g
+            .stateful()
+            .into_iter()
+            .map(|i| (ModelId(i as u16), place.primary[i], place.backup[i].expect("stateful")));
+        let mut table = ViewTable::new(workers, models);
+        for (m, st) in starts {
+            table.start_at(*m, st.inc, st.primary, st.backup);
+        }
+        for (p, src) in self.sources.iter().enumerate() {
+            table.on_watermark(p as u32, src.watermark);
+        }
+        self.tables = vec![table; workers];
+        for (w, m, h) in handoffs {
+            self.tables[w.0].put_handoff(m, h);
+        }
+        self.coordinator = Coordinator::new(self.topology.clone(), starts);
         let deadlines = Deadlines {
-            answer_us: w.cfg.deadline_us,
-            heartbeat_us: (w.cfg.deadline_us / 5).max(5_000),
+            answer_us: self.cfg.deadline_us,
+            heartbeat_us: (self.cfg.deadline_us / 5).max(5_000),
             load_us: 10_000_000,
         };
+        let floors: Vec<(ModelId, Incarnation)> = starts.iter().map(|(m, st)| (*m, st.floor())).collect();
+        self.infer.clear();
+        self.backup.clear();
+        self.join.clear();
         for (i, node) in g.nodes.iter().enumerate() {
             for wk in 0..workers {
                 let cfg = InferConfig {
@@ -347,44 +385,137 @@ impl World {
                     model: ModelId(i as u16),
                     hosts: vec![place.primary[i]],
                     stateful: node.stateful,
-                    max_batch: w.cfg.max_batch,
+                    max_batch: self.cfg.max_batch,
                     deadlines,
                     replicate: true,
-                    hold_until_durable: w.cfg.stop_and_buffer,
+                    hold_until_durable: self.cfg.stop_and_buffer,
                 };
-                w.infer.insert((i, wk), InferCore::new(cfg, WorkerId(wk)));
+                self.infer.insert((i, wk), InferCore::new(cfg, WorkerId(wk)));
                 if node.stateful {
                     let cfg = BackupConfig {
                         node: node.name.to_string(),
                         model: ModelId(i as u16),
                         lineage_retention: u64::MAX / 4,
-                        apply_delay_us: w.cfg.apply_delay_us,
+                        apply_delay_us: self.cfg.apply_delay_us,
                         cadence: Cadence::EveryEpoch,
                         warm_spare: true,
                     };
-                    w.backup.insert((i, wk), BackupCore::new(cfg, WorkerId(wk), &w.tables[wk], 0));
+                    let mut b = BackupCore::new(cfg, WorkerId(wk), &self.tables[wk], self.now);
+                    for (m, f) in &floors {
+                        b.upstream_floor(*m, *f);
+                    }
+                    self.backup.insert((i, wk), b);
                 }
                 if node.inputs.len() > 1 {
-                    w.join.insert((i, wk), JoinCore::new(node.inputs.len()));
+                    self.join.insert((i, wk), JoinCore::new(node.inputs.len()));
                 }
             }
         }
         if g.sink.len() > 1 {
             for wk in 0..workers {
-                w.join.insert((sink_join, wk), JoinCore::new(g.sink.len()));
+                self.join.insert((g.nodes.len(), wk), JoinCore::new(g.sink.len()));
             }
         }
+        self.sinks = (0..workers)
+            .map(|_| {
+                let mut s = Sink::new();
+                for (m, f) in &floors {
+                    s.floor(*m, *f);
+                }
+                s
+            })
+            .collect();
         for wk in 0..workers {
-            for op in w.ops.clone() {
-                w.activate(op, wk, 0);
+            for op in self.ops.clone() {
+                self.activate(op, wk, 0);
             }
-            w.at(w.cfg.epoch_us, Ev::Tick { w: wk });
+            self.at(self.now + self.cfg.epoch_us, Ev::Tick { w: wk });
         }
-        for k in 0..w.cfg.faults.len() {
-            let at = w.cfg.faults[k].at;
-            w.at(at, Ev::Fault(k));
+        self.dirty = true;
+    }
+
+    /// A worker process died: timely cannot shrink, so every process restarts
+    /// from what the disks hold (`lost`: that process's disk is gone too and
+    /// comes back from its mirror on the next process, which holds every
+    /// completed commit). Memory, messages and executors are gone; epochs
+    /// start again at 0.
+    fn restart(&mut self, lost: Option<usize>) {
+        self.generation += 1;
+        if self.trace {
+            self.log(format!("cluster restarts (generation {}); lost disk: {lost:?}", self.generation));
         }
-        w
+        let faults: Vec<(Micros, u64, Ev)> = std::mem::take(&mut self.queue)
+            .into_iter()
+            .filter_map(|Reverse((t, id))| {
+                let ev = self.events.remove(&id)?;
+                matches!(ev, Ev::Fault(_)).then_some((t, id, ev))
+            })
+            .collect();
+        self.events.clear();
+        for (t, id, ev) in faults {
+            self.events.insert(id, ev);
+            self.queue.push(Reverse((t, id)));
+        }
+        self.inflight.clear();
+        self.queues.clear();
+        self.scheduled.clear();
+        self.chan.clear();
+        self.last_frontiers.clear();
+        for e in &mut self.execs {
+            e.clear();
+        }
+        if let Some(p) = lost {
+            // Restored from the mirror: the same completed commits.
+            let copy = self.disks[p].clone();
+            self.disks[p] = copy;
+        }
+        let threads = self.cfg.threads;
+        let mut images = Vec::new();
+        for (p, d) in self.disks.iter().enumerate() {
+            for (m, (inc, _)) in &d.states {
+                images.push(Image {
+                    model: *m,
+                    inc: *inc,
+                    worker: WorkerId(p * threads),
+                });
+            }
+        }
+        let starts = restart::plan(&self.topology.placement, &images, threads, self.workers);
+        let partitions = self.workers as u64;
+        let released = |seq: Seq, sources: &[SourceState]| {
+            let s = &sources[(seq.0 % partitions) as usize];
+            let o = seq.0 / partitions;
+            o < s.watermark || s.above.contains(&o)
+        };
+        let mut handoffs = Vec::new();
+        for (m, st) in &starts {
+            let Some(w) = st.image else { continue };
+            let d = &self.disks[w.0 / threads];
+            let states = d.states.get(m).map(|(_, s)| s.clone()).unwrap_or_default();
+            let executions = d
+                .lineage
+                .iter()
+                .filter(|((x, seq), _)| x == m && !released(*seq, &self.sources))
+                .map(|(_, e)| e.clone())
+                .collect();
+            let h = Handoff {
+                executor: None,
+                states: states.into_iter().collect(),
+                executions,
+            };
+            handoffs.push((w, *m, h));
+        }
+        for s in &mut self.sources {
+            s.epoch = Some(Epoch(0));
+            s.view = View(0);
+            s.backlog = s
+                .log
+                .keys()
+                .copied()
+                .filter(|o| *o >= s.watermark && !s.above.contains(o))
+                .collect();
+        }
+        self.boot(&starts, handoffs);
     }
 
     fn at(&mut self, t: Micros, ev: Ev) {
@@ -1275,6 +1406,13 @@ impl World {
 
     fn fault(&mut self, k: usize) {
         let f = self.cfg.faults[k].clone();
+        if let Target::Process(p) = f.target {
+            self.fired[k] = true;
+            self.last_fault = self.now;
+            let lost = (f.kind == FaultKind::Wipe).then_some(p);
+            self.restart(lost);
+            return;
+        }
         let found = match f.target {
             Target::Primary(i) | Target::Stateless(i) => {
                 let w = if self.g.nodes[i].stateful {
@@ -1288,6 +1426,7 @@ impl World {
                 let w = self.tables[0].placement(ModelId(i as u16)).backup.0;
                 self.backup[&(i, w)].spare().map(|x| (w, x))
             }
+            Target::Process(_) => None,
         };
         let Some((w, exec)) = found else { return };
         let hang = f.kind == FaultKind::Hang;
@@ -1301,7 +1440,7 @@ impl World {
         }
         self.last_fault = self.now;
         match f.kind {
-            FaultKind::Kill => self.kill(w, exec),
+            FaultKind::Kill | FaultKind::Wipe => self.kill(w, exec),
             FaultKind::Hang => {
                 if let Some(ex) = self.execs[w].get_mut(&exec) {
                     ex.hung = true;
