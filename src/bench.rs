@@ -257,6 +257,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "rounds": args.rounds,
             "rate": args.workload.rate,
             "scale": if args.realistic() { "realistic" } else { "small" },
+            "kill_process": args.workload.kill_process,
+            "wipe": args.workload.wipe,
             "raw_rps": raw,
             "modes": report,
             "recovery_ratios": recovery_ratios,

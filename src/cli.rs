@@ -79,6 +79,14 @@ pub struct Workload {
     /// SIGSTOP an executor (it stops answering) the same way (repeatable).
     #[arg(long = "hang", value_name = "MODEL[:ROLE]@SEQ")]
     pub hangs: Vec<String>,
+    /// SIGKILL a whole worker process of a cluster when it logs a request with
+    /// seq >= SEQ: `PROCESS@SEQ` (repeatable; its supervisor restarts the cluster).
+    #[arg(long = "kill-process", value_name = "PROCESS@SEQ")]
+    pub kill_process: Vec<String>,
+    /// With --kill-process: also delete the killed process's data directory and
+    /// the mirror it kept (a host lost with its disk).
+    #[arg(long, requires = "kill_process")]
+    pub wipe: bool,
     /// GPU-like non-determinism: perturb every execution slightly.
     #[arg(long)]
     pub nondeterministic: bool,
@@ -112,6 +120,10 @@ impl Workload {
         a.extend(["--scale".to_string(), scale.to_string()]);
         a.extend(self.kills.iter().map(|k| format!("--kill={k}")));
         a.extend(self.hangs.iter().map(|h| format!("--hang={h}")));
+        a.extend(self.kill_process.iter().map(|k| format!("--kill-process={k}")));
+        if self.wipe {
+            a.push("--wipe".into());
+        }
         if self.nondeterministic {
             a.push("--nondeterministic".into());
         }
@@ -260,13 +272,6 @@ pub struct RunArgs {
     /// Experiment: make backups hold each epoch this long before applying it (a slow backup).
     #[arg(long, default_value_t = 0)]
     pub backup_delay_ms: u64,
-    /// SIGKILL a whole worker process of a cluster when it logs a request with
-    /// seq >= SEQ: `PROCESS@SEQ` (repeatable; its supervisor restarts the cluster).
-    #[arg(long = "kill-process", value_name = "PROCESS@SEQ")]
-    pub kill_process: Vec<String>,
-    /// With --kill-process: also delete the killed process's data directory (a host lost with its disk).
-    #[arg(long, requires = "kill_process")]
-    pub wipe: bool,
 }
 
 /// Options of `hams check`.

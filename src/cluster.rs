@@ -158,7 +158,7 @@ impl Supervisor {
             data_dir,
             fault_log,
             run_id: format!("{:016x}", hams_operators::model::noise::Noise::entropy_seed()),
-            wipe: args.wipe,
+            wipe: args.workload.wipe,
             fired: BTreeMap::new(),
             slots: mine
                 .into_iter()

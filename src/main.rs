@@ -127,7 +127,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         cluster::exit_on_panic();
     }
     let mut process_faults = Vec::new();
-    for f in &args.kill_process {
+    for f in &args.workload.kill_process {
         process_faults.push(hams_dataflow::run::parse_process_fault(f, processes)?);
     }
     let temp;

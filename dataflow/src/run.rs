@@ -322,6 +322,7 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
             config.timely.process, cluster.processes
         )));
     }
+    hams_operators::metrics::metrics().restarts(config.generation as u64);
     let dir = layout::process_dir(&config.data_dir, config.timely.process)?;
     let (store, _mirror) = match config.timely.addresses.len() {
         0 | 1 => (Store::open(&dir)?, None),

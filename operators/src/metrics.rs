@@ -50,6 +50,7 @@ pub struct Metrics {
     errors: AtomicU64,
     orphans: AtomicU64,
     recoveries: AtomicU64,
+    restarts: AtomicU64,
     epoch: AtomicU64,
     latency: Mutex<([u64; BUCKETS_US.len() + 1], u64, u64)>,
     queues: Mutex<BTreeMap<String, u64>>,
@@ -97,6 +98,11 @@ impl Metrics {
         l.1 += latency_us;
         l.2 += 1;
     }
+    /// This process was restarted `n` times (by its supervisor) in this run.
+    pub fn restarts(&self, n: u64) {
+        self.restarts.store(n, Ordering::Relaxed);
+    }
+
     /// Counts results discarded as orphans.
     pub fn orphans(&self, n: u64) {
         self.orphans.fetch_add(n, Ordering::Relaxed);
@@ -199,6 +205,12 @@ impl Metrics {
             "hams_orphans_discarded_total",
             "Results discarded because they depended on an orphan execution.",
             self.orphans.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut s,
+            "hams_process_restarts_total",
+            "Times this worker process was restarted by its supervisor (after a process or peer loss).",
+            self.restarts.load(Ordering::Relaxed),
         );
         counter(
             &mut s,
