@@ -61,7 +61,7 @@ pub struct Workload {
     #[arg(short = 'g', long)]
     pub graph: Option<PathBuf>,
     /// Offered load in requests/s over all workers (open loop). Default: closed loop.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f64)]
     pub rate: Option<f64>,
     /// Seed of the request generator (default: the graph's).
     #[arg(long)]
@@ -91,7 +91,7 @@ pub struct Workload {
     #[arg(long)]
     pub nondeterministic: bool,
     /// Checkpoint interval of the checkpoint mode, ms.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub checkpoint_ms: u64,
 }
 
@@ -142,16 +142,16 @@ pub struct BenchArgs {
     #[arg(long, default_value = "none,hams,stop-and-buffer,checkpoint")]
     pub modes: String,
     /// Requests per run.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: u64,
     /// Rounds: each mode runs this many times, interleaved with the others.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = count(1, 1000))]
     pub rounds: usize,
     /// Worker threads per process.
-    #[arg(short = 'w', long = "threads", default_value_t = 2)]
+    #[arg(short = 'w', long = "threads", default_value_t = 2, value_parser = count(1, MAX_WORKERS))]
     pub threads: usize,
     /// Processes of a local cluster.
-    #[arg(short = 'n', long = "processes")]
+    #[arg(short = 'n', long = "processes", value_parser = count(1, MAX_PROCESSES))]
     pub processes: Option<usize>,
     /// Also measure raw inference (the models' forward passes back to back, no dataflow).
     #[arg(long)]
@@ -212,20 +212,21 @@ pub struct RunArgs {
     /// Kafka source: consume up to the topic's end offsets at start, then finish.
     #[arg(long)]
     pub drain: bool,
-    /// Read requests from a file of JSON lines instead of generating them.
-    #[arg(long, conflicts_with = "requests")]
+    /// Read requests from a file of JSON lines instead of generating them
+    /// (the file sets the requests and their pace: no --requests, --rate or --seed).
+    #[arg(long, conflicts_with_all = ["requests", "rate", "seed"])]
     pub input: Option<PathBuf>,
     /// Data directory (source/output topics, ledger). Default: a temporary one, removed at exit.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Worker threads per process (timely -w).
-    #[arg(short = 'w', long = "threads", default_value_t = 1)]
+    #[arg(short = 'w', long = "threads", default_value_t = 1, value_parser = count(1, MAX_WORKERS))]
     pub threads: usize,
     /// Number of processes (timely -n). Default: the hostfile's line count, or 1.
-    #[arg(short = 'n', long = "processes")]
+    #[arg(short = 'n', long = "processes", value_parser = count(1, MAX_PROCESSES))]
     pub processes: Option<usize>,
     /// This process's index (timely -p). Without it, a multi-process run starts every process locally.
-    #[arg(short = 'p', long = "process")]
+    #[arg(short = 'p', long = "process", value_parser = count(0, MAX_PROCESSES - 1))]
     pub process: Option<usize>,
     /// Hostfile: one `host:port` per process (timely -h).
     #[arg(short = 'h', long = "hostfile")]
@@ -234,10 +235,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
     /// Epoch length in µs: requests arriving within one epoch are batched together.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
     pub epoch_us: u64,
     /// Closed loop: requests in flight per worker.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = count(1, 1 << 20))]
     pub max_inflight: usize,
     /// Run executors as threads of the worker process instead of separate processes.
     #[arg(long)]
@@ -246,13 +247,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_sync: bool,
     /// Stop taking requests after this many seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_f64)]
     pub duration: Option<f64>,
     /// No progress line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// An executor silent this long while it owes an answer is declared hung.
-    #[arg(long, default_value_t = 500)]
+    /// An executor silent this long while it owes an answer is declared hung
+    /// (at least 50: below that a busy but healthy executor would be declared hung).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=3_600_000))]
     pub deadline_ms: u64,
     /// Skip the consistency check of the durable records at the end.
     #[arg(long)]
@@ -270,7 +272,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100_000)]
     pub retain_lineage: u64,
     /// Experiment: make backups hold each epoch this long before applying it (a slow backup).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub backup_delay_ms: u64,
 }
 
@@ -280,10 +282,10 @@ pub struct CheckArgs {
     /// Graph file (TOML).
     pub graph: PathBuf,
     /// Workers per process to place on.
-    #[arg(short = 'w', long = "threads", default_value_t = 1)]
+    #[arg(short = 'w', long = "threads", default_value_t = 1, value_parser = count(1, MAX_WORKERS))]
     pub threads: usize,
     /// Processes to place on.
-    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    #[arg(short = 'n', long = "processes", default_value_t = 1, value_parser = count(1, MAX_PROCESSES))]
     pub processes: usize,
 }
 
@@ -299,4 +301,23 @@ pub struct ExportArgs {
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// Bounds of `-w` and `-n`: far beyond any real cluster, and small enough that
+/// a typo (`-w 1000000`) is an error instead of a million threads.
+const MAX_WORKERS: usize = 1024;
+const MAX_PROCESSES: usize = 1024;
+
+/// A count flag in `min..=max`.
+fn count(min: usize, max: usize) -> impl clap::builder::TypedValueParser<Value = usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(min as u64..=max as u64)
+}
+
+/// A finite number above zero (`--rate 0` would send one request and wait forever).
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(_) => Err(format!("{s} is not a finite number above 0")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
 }

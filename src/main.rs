@@ -64,6 +64,15 @@ pub fn load_graph(path: Option<&Path>, scale: Scale) -> Result<Graph> {
     Ok(def.build_from(&origin)?)
 }
 
+/// `HOST:PORT` with a name or an address (`localhost:9464`, `0.0.0.0:9464`).
+fn metrics_socket(addr: &str) -> Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .with_context(|| format!("--metrics-addr {addr:?}: expected HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--metrics-addr {addr:?}: the host has no address"))
+}
+
 fn read_hostfile(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading hostfile {}", path.display()))?;
     let hosts: Vec<String> = text
@@ -86,6 +95,7 @@ pub fn set_backend(graph: &mut Graph, backend: hams_operators::model::BackendKin
     for n in &mut graph.nodes {
         if !matches!(n.spec.arch, hams_operators::model::Arch::TorchScript { .. }) {
             n.spec.backend = backend;
+            hams_operators::model::check_loadable(&n.spec).with_context(|| format!("--backend for node {}", n.spec.name))?;
         }
     }
     Ok(())
@@ -100,6 +110,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(b) = w.backend {
         set_backend(&mut graph, b)?;
     }
+    // Checked before anything starts, so a typo fails at once.
+    let metrics_addr = args.metrics_addr.as_deref().map(metrics_socket).transpose()?;
     let hosts = match &args.hostfile {
         Some(h) => Some(read_hostfile(h)?),
         None => None,
@@ -171,14 +183,19 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         process,
         addresses,
     };
+    let placement = place(
+        &graph,
+        Cluster {
+            processes,
+            threads: timely.threads,
+        },
+    );
+    if process == 0 {
+        for w in placement.capped() {
+            eprintln!("hams: note: {w}");
+        }
+    }
     if process == 0 && !args.json {
-        let placement = place(
-            &graph,
-            Cluster {
-                processes,
-                threads: timely.threads,
-            },
-        );
         eprintln!(
             "hams: graph {} ({}), {} worker(s) x {} process(es); executors (stateful models: primary and backup; while a new backup syncs, results are held):\n{placement}",
             graph.name, graph.origin, timely.threads, processes
@@ -212,12 +229,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             .unwrap_or(0),
         checkpoint_every: Duration::from_millis(args.workload.checkpoint_ms.max(1)),
     };
-    if let Some(addr) = &args.metrics_addr {
-        let mut sock: std::net::SocketAddr = addr
-            .parse()
-            .with_context(|| format!("--metrics-addr {addr:?}: expected HOST:PORT"))?;
+    if let Some(mut sock) = metrics_addr {
         if sock.port() != 0 {
-            sock.set_port(sock.port() + process as u16);
+            let port = sock
+                .port()
+                .checked_add(process as u16)
+                .context("--metrics-addr: no port left for this process")?;
+            sock.set_port(port);
         }
         let bound = hams_operators::metrics::serve(&sock.to_string()).with_context(|| format!("serving metrics on {sock}"))?;
         eprintln!("hams: process {process} metrics at http://{bound}/metrics");
@@ -316,6 +334,9 @@ fn check(args: &cli::CheckArgs) -> Result<ExitCode> {
         },
     );
     print!("placement:\n{p}");
+    for w in p.capped() {
+        println!("note: {w}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -365,8 +386,16 @@ fn results(args: &cli::ResultsArgs) -> Result<ExitCode> {
             }
             let line = hams_dataflow::kafka::result_json(&rec);
             use std::io::Write;
-            writeln!(out, "{line}")?;
+            match writeln!(out, "{line}") {
+                // The reader has what it wanted (`hams results | head`).
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+                r => r?,
+            }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    use std::io::Write;
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        r => r.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
 }

@@ -1,8 +1,6 @@
 //! `hams status`: a running service's metrics, read from its Prometheus endpoint.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,12 +9,13 @@ use anyhow::{Context, Result};
 use crate::cli::StatusArgs;
 
 fn fetch(addr: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr} (is `hams run --metrics-addr {addr}` running?)"))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body.split_once("\r\n\r\n").map_or(body.clone(), |(_, b)| b.to_string()))
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
+    agent
+        .get(&format!("http://{addr}/metrics"))
+        .call()
+        .with_context(|| format!("reading http://{addr}/metrics (is `hams run --metrics-addr {addr}` running?)"))?
+        .into_string()
+        .context("reading the metrics text")
 }
 
 /// Parses `name{labels} value` lines.

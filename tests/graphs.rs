@@ -136,6 +136,38 @@ fn other_mistakes_are_clear() {
 }
 
 #[test]
+fn a_model_too_large_to_load_is_refused_before_anything_allocates() {
+    // 16M x 16M weights: the executor would abort on allocation.
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"huge\"\nmodel = \"mlp\"\ninputs = [\"source\"]\nhidden = [16000000, 16000000]\noutput = 2",
+        "[\"huge\"]",
+    ));
+    assert!(e.contains("node \"huge\"") && e.contains("GiB") && e.contains("available"), "{e}");
+    // Sizes whose products would overflow are refused as they are read.
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"absurd\"\nmodel = \"cnn2d\"\ninputs = [\"source\"]\nchannels = 4294967296\nheight = 4294967296\nfilters = 2\nkernel = 3\noutput = 2",
+        "[\"absurd\"]",
+    ));
+    assert!(e.contains("node \"absurd\"") && e.contains("channels = 4294967296"), "{e}");
+    let e = err_of("name = \"t\"\n[source]\nshape = [65536, 65536, 65536]\n[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"source\"]\noutput = 2\n[sink]\ninputs = [\"a\"]\n");
+    assert!(e.contains("source") && e.contains("elements per request"), "{e}");
+}
+
+#[test]
+fn a_device_the_backend_cannot_use_is_refused_at_check_time() {
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"source\"]\noutput = 2\ndevice = \"cuda:0\"",
+        "[\"a\"]",
+    ));
+    assert!(e.contains("node \"a\"") && e.contains("cuda:0") && e.contains("cpu only"), "{e}");
+    let e = err_of(&with_nodes(
+        "[[node]]\nname = \"a\"\nmodel = \"mlp\"\ninputs = [\"source\"]\noutput = 2\ndevice = \"tpu\"",
+        "[\"a\"]",
+    ));
+    assert!(e.contains("tpu"), "{e}");
+}
+
+#[test]
 fn weights_files_are_checked_against_the_architecture() {
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("w.safetensors");

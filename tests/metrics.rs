@@ -2,20 +2,43 @@
 //! values that agree with each other and with the run's own summary, and
 //! `hams status` reads them.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 mod common;
 
 fn get(addr: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
+    common::fetch(addr, "/metrics")
+}
+
+#[test]
+fn metrics_answer_with_hundreds_of_idle_connections_open() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let g = common::graph("chain");
+    let child = common::spawn_group(
+        common::hams()
+            .args(["run", "--graph", g.to_str().unwrap(), "--requests", "0", "--rate", "100", "--json"])
+            .args(["--metrics-addr", &addr, "--data-dir", dir.path().to_str().unwrap()]),
+    );
+    common::await_event("the metrics endpoint", Duration::from_secs(60), || get(&addr));
+    // Connected and silent, like clients that went away without closing.
+    let idle: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    // And one that sends half a request.
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /metr").unwrap();
+    let start = Instant::now();
+    let body = get(&addr).expect("a scrape with 201 idle connections open");
+    assert!(start.elapsed() < Duration::from_secs(5), "the scrape took {:?}", start.elapsed());
+    assert!(body.contains("hams_results_released_total"), "{body}");
+    assert_eq!(common::fetch_status(&addr, "/nothing-here"), Some(404));
+    drop(idle);
+    // SAFETY: signals our own child's process group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let out = common::finish_within(child, common::RUN_LIMIT);
+    common::assert_success(&out, &["idle connections"]);
 }
 
 #[test]

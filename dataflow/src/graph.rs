@@ -28,6 +28,11 @@ use hams_storage::{Generator, InputKind};
 use crate::def::{ElemType, GraphDef, Hidden, NodeDef, SourceDef};
 use crate::error::{Error, Result};
 
+/// Largest size of any one dimension, and of a request's element count.
+pub const MAX_DIM: usize = 1 << 24;
+/// Most hidden layers of one MLP.
+const MAX_LAYERS: usize = 1024;
+
 /// An input of a node: the source or another node (by index into [`Graph::nodes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -107,6 +112,13 @@ impl Checker<'_> {
         let src = &def.source;
         if src.shape.is_empty() || src.shape.contains(&0) {
             return Err(self.node_err("source", format!("shape {:?} must be non-empty with no zero dimension", src.shape)));
+        }
+        let elements = src.shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+        if elements.is_none_or(|n| n > MAX_DIM) {
+            return Err(self.node_err(
+                "source",
+                format!("shape {:?} has more than {MAX_DIM} elements per request", src.shape),
+            ));
         }
         if src.input == ElemType::Tokens && src.vocab.is_none() {
             return Err(self.node_err("source", "token input needs a `vocab`"));
@@ -267,6 +279,32 @@ impl Checker<'_> {
 
     fn model(&self, n: &NodeDef, incoming: &[Port]) -> Result<(ModelSpec, usize)> {
         let err = |m: String| self.node_err(&n.name, m);
+        // Bounded before any arithmetic on them, so no product or sum below can overflow.
+        let hidden: &[usize] = match &n.hidden {
+            Some(Hidden::Many(h)) => h,
+            Some(Hidden::One(h)) => std::slice::from_ref(h),
+            None => &[],
+        };
+        let sizes = [
+            ("output", Some(n.output)),
+            ("input", n.input),
+            ("channels", n.channels),
+            ("height", n.height),
+            ("filters", n.filters),
+            ("kernel", n.kernel),
+            ("vocab", n.vocab),
+            ("embed", n.embed),
+            ("state", n.state),
+            ("batch", Some(n.batch)),
+            ("replicas", n.replicas),
+        ];
+        let hidden_sizes = hidden.iter().map(|h| ("hidden", Some(*h)));
+        if let Some((what, v)) = sizes.into_iter().chain(hidden_sizes).find(|(_, v)| v.is_some_and(|v| v > MAX_DIM)) {
+            return Err(err(format!("{what} = {}: sizes are at most {MAX_DIM}", v.unwrap_or(0))));
+        }
+        if hidden.len() > MAX_LAYERS {
+            return Err(err(format!("{} hidden layers: at most {MAX_LAYERS}", hidden.len())));
+        }
         let need = |v: Option<usize>, what: &str| {
             v.filter(|x| *x > 0)
                 .ok_or_else(|| err(format!("a {} model needs `{what}` (> 0)", n.model)))
@@ -421,6 +459,7 @@ impl Checker<'_> {
             device: n.device.clone(),
             noise: 0.0,
         };
+        hams_operators::model::check_loadable(&spec).map_err(|e| err(e.to_string()))?;
         if let Weights::File(_) = &spec.weights {
             let params = weights::resolve(&spec).map_err(|e| err(e.to_string()))?;
             drop(params);

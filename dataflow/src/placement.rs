@@ -42,6 +42,8 @@ pub struct NodePlacement {
     pub hosts: Vec<usize>,
     /// Worker hosting the backup of a stateful node.
     pub backup: Option<usize>,
+    /// Replicas the graph asked for (more than `hosts` when there are fewer workers).
+    pub requested: usize,
 }
 
 /// Placement of every node of a graph.
@@ -92,10 +94,30 @@ pub fn place(graph: &Graph, cluster: Cluster) -> Placement {
                 route,
                 hosts,
                 backup,
+                requested: n.replicas,
             }
         })
         .collect();
     Placement { cluster, nodes }
+}
+
+impl Placement {
+    /// One line per node that got fewer replicas than asked (one executor per worker at most).
+    pub fn capped(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.requested > n.hosts.len())
+            .map(|n| {
+                format!(
+                    "node {}: replicas = {}, but there are {} workers; running {} (one per worker)",
+                    n.name,
+                    n.requested,
+                    self.cluster.workers(),
+                    n.hosts.len()
+                )
+            })
+            .collect()
+    }
 }
 
 impl fmt::Display for Placement {

@@ -147,13 +147,13 @@ pub struct Summary {
     pub graph: String,
     /// Fault-tolerance mode.
     pub mode: String,
-    /// Requests the run had to answer (from the source log).
+    /// Requests this run accepted (from the source log).
     pub accepted: u64,
-    /// Requests answered exactly once or more (from the output topic).
+    /// Of those, answered (from the released ledger).
     pub released: u64,
-    /// Accepted requests with no answer.
+    /// Requests ever accepted on this data directory with no answer.
     pub lost: u64,
-    /// Answers beyond the first.
+    /// Answers beyond the first, over the whole output log.
     pub duplicated: u64,
     /// Answers that are typed errors.
     pub errors: u64,

@@ -6,15 +6,35 @@
 //! (detect, view change, promote, replay, catch-up).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 /// Latency histogram bucket upper bounds, µs.
-const BUCKETS_US: [u64; 16] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+const BUCKETS_US: [f64; 16] = [
+    100.0,
+    250.0,
+    500.0,
+    1_000.0,
+    2_500.0,
+    5_000.0,
+    10_000.0,
+    25_000.0,
+    50_000.0,
+    100_000.0,
+    250_000.0,
+    500_000.0,
+    1_000_000.0,
+    2_500_000.0,
+    5_000_000.0,
+    10_000_000.0,
 ];
 
 /// A phase of a recovery, in order.
@@ -34,28 +54,119 @@ pub enum Phase {
     CaughtUp,
 }
 
-/// Backup progress of one stateful model.
-#[derive(Debug, Clone, Copy, Default)]
-struct Backlog {
-    durable: u64,
-    epochs: u64,
-    bytes: u64,
+type Labels = Vec<(&'static str, String)>;
+
+/// The process's metrics (a prometheus-client registry and the series in it).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Held while a release updates the counters and the histogram, and while
+    /// a scrape encodes them, so one scrape sees them agree.
+    scrape: Mutex<()>,
+    ingested: Counter,
+    released: Counter,
+    errors: Counter,
+    orphans: Counter,
+    recoveries: Counter,
+    restarts: Counter,
+    epoch: Gauge,
+    latency: Histogram,
+    queues: Family<Labels, Gauge>,
+    durable: Family<Labels, Gauge>,
+    lag_epochs: Family<Labels, Gauge>,
+    lag_bytes: Family<Labels, Gauge>,
+    phase_ms: Family<Labels, Gauge<f64, AtomicU64>>,
+    phases: Mutex<BTreeMap<u64, BTreeMap<Phase, u64>>>,
 }
 
-/// The process's metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    ingested: AtomicU64,
-    released: AtomicU64,
-    errors: AtomicU64,
-    orphans: AtomicU64,
-    recoveries: AtomicU64,
-    restarts: AtomicU64,
-    epoch: AtomicU64,
-    latency: Mutex<([u64; BUCKETS_US.len() + 1], u64, u64)>,
-    queues: Mutex<BTreeMap<String, u64>>,
-    backups: Mutex<BTreeMap<String, Backlog>>,
-    phases: Mutex<BTreeMap<u64, BTreeMap<Phase, u64>>>,
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            r.register(name, help, c.clone());
+            c
+        };
+        let family = |r: &mut Registry, name: &str, help: &str| {
+            let f = Family::<Labels, Gauge>::default();
+            r.register(name, help, f.clone());
+            f
+        };
+        let ingested = counter(
+            &mut registry,
+            "hams_requests_ingested",
+            "Requests logged and sent into the dataflow (replays included)",
+        );
+        let released = counter(
+            &mut registry,
+            "hams_results_released",
+            "Results released exactly once (typed errors included)",
+        );
+        let errors = counter(&mut registry, "hams_results_errors", "Released results that are typed errors");
+        let orphans = counter(
+            &mut registry,
+            "hams_orphans_discarded",
+            "Results discarded because they depended on an orphan execution",
+        );
+        let restarts = counter(
+            &mut registry,
+            "hams_process_restarts",
+            "Times this worker process was restarted by its supervisor (after a process or peer loss)",
+        );
+        let recoveries = counter(&mut registry, "hams_recoveries", "View changes applied by this process");
+        let epoch = Gauge::default();
+        registry.register("hams_epoch", "Current epoch of this process's sources", epoch.clone());
+        let latency = Histogram::new(BUCKETS_US);
+        registry.register(
+            "hams_request_latency_us",
+            "End-to-end latency, ingestion to release, in microseconds",
+            latency.clone(),
+        );
+        let queues = family(
+            &mut registry,
+            "hams_queue_depth",
+            "Requests waiting at or in flight from a model operator of this process",
+        );
+        let durable = family(
+            &mut registry,
+            "hams_durable_frontier",
+            "First epoch a stateful model's backup does not hold yet",
+        );
+        let lag_epochs = family(
+            &mut registry,
+            "hams_backup_lag_epochs",
+            "Epochs delivered to a backup and not yet held",
+        );
+        let lag_bytes = family(
+            &mut registry,
+            "hams_backup_lag_bytes",
+            "Bytes of deltas delivered to a backup and not yet held",
+        );
+        let phase_ms = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "hams_recovery_phase_ms",
+            "Phases of the latest recovery seen by this process, in milliseconds",
+            phase_ms.clone(),
+        );
+        Metrics {
+            registry,
+            scrape: Mutex::new(()),
+            ingested,
+            released,
+            errors,
+            orphans,
+            recoveries,
+            restarts,
+            epoch,
+            latency,
+            queues,
+            durable,
+            lag_epochs,
+            lag_bytes,
+            phase_ms,
+            phases: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 /// Peak resident set size of process `pid` (`"self"` for this one), MiB, from /proc (0 if unknown).
@@ -79,56 +190,48 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     /// Counts requests entering the dataflow.
     pub fn ingested(&self, n: u64) {
-        self.ingested.fetch_add(n, Ordering::Relaxed);
+        self.ingested.inc_by(n);
     }
     /// Records the current epoch of this process's sources.
     pub fn epoch(&self, e: u64) {
-        self.epoch.fetch_max(e, Ordering::Relaxed);
+        let e = i64::try_from(e).unwrap_or(i64::MAX);
+        if self.epoch.get() < e {
+            self.epoch.set(e);
+        }
     }
     /// Records one release and its end-to-end latency.
     pub fn released(&self, latency_us: u64, error: bool) {
-        let b = BUCKETS_US.iter().position(|le| latency_us <= *le).unwrap_or(BUCKETS_US.len());
-        // Under the histogram's lock, so one scrape sees the count and the histogram agree.
-        let mut l = self.latency.lock().expect("poisoned");
-        self.released.fetch_add(1, Ordering::Relaxed);
+        let _agree = self.scrape.lock().expect("poisoned");
+        self.released.inc();
         if error {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors.inc();
         }
-        l.0[b] += 1;
-        l.1 += latency_us;
-        l.2 += 1;
+        self.latency.observe(latency_us as f64);
     }
     /// This process was restarted `n` times (by its supervisor) in this run.
     pub fn restarts(&self, n: u64) {
-        self.restarts.store(n, Ordering::Relaxed);
+        self.restarts.inc_by(n.saturating_sub(self.restarts.get()));
     }
 
     /// Counts results discarded as orphans.
     pub fn orphans(&self, n: u64) {
-        self.orphans.fetch_add(n, Ordering::Relaxed);
+        self.orphans.inc_by(n);
     }
     /// Sets the requests waiting at (or in flight from) node `node`'s operator on this worker.
     pub fn queue(&self, node: &str, depth: u64) {
-        let mut q = self.queues.lock().expect("poisoned");
-        if q.get(node) != Some(&depth) {
-            q.insert(node.to_string(), depth);
-        }
+        self.queues.get_or_create(&vec![("node", node.to_string())]).set(gauge(depth));
     }
     /// Sets a backup's durable frontier and how far it lags (epochs and bytes waiting).
     pub fn backup(&self, model: &str, durable: u64, lag_epochs: u64, lag_bytes: u64) {
-        self.backups.lock().expect("poisoned").insert(
-            model.to_string(),
-            Backlog {
-                durable,
-                epochs: lag_epochs,
-                bytes: lag_bytes,
-            },
-        );
+        let l = vec![("model", model.to_string())];
+        self.durable.get_or_create(&l).set(gauge(durable));
+        self.lag_epochs.get_or_create(&l).set(gauge(lag_epochs));
+        self.lag_bytes.get_or_create(&l).set(gauge(lag_bytes));
     }
     /// Marks a phase of the recovery that creates `view` (first mark wins).
     pub fn phase(&self, view: u64, phase: Phase, at_us: u64) {
         if phase == Phase::ViewChanged {
-            self.recoveries.fetch_max(view, Ordering::Relaxed);
+            self.recoveries.inc_by(view.saturating_sub(self.recoveries.get()));
         }
         self.phases
             .lock()
@@ -171,143 +274,50 @@ impl Metrics {
         .collect()
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (Prometheus reads it).
     pub fn render(&self) -> String {
-        let mut s = String::new();
-        // The counters move only under the histogram's lock (see `released`): read them under it.
-        let (latency, released, errors) = {
-            let l = self.latency.lock().expect("poisoned");
-            (*l, self.released.load(Ordering::Relaxed), self.errors.load(Ordering::Relaxed))
-        };
-        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            &mut s,
-            "hams_requests_ingested_total",
-            "Requests logged and sent into the dataflow (replays included).",
-            self.ingested.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "hams_results_released_total",
-            "Results released exactly once (typed errors included).",
-            released,
-        );
-        counter(
-            &mut s,
-            "hams_results_errors_total",
-            "Released results that are typed errors.",
-            errors,
-        );
-        counter(
-            &mut s,
-            "hams_orphans_discarded_total",
-            "Results discarded because they depended on an orphan execution.",
-            self.orphans.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "hams_process_restarts_total",
-            "Times this worker process was restarted by its supervisor (after a process or peer loss).",
-            self.restarts.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut s,
-            "hams_recoveries_total",
-            "View changes applied by this process.",
-            self.recoveries.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(
-            s,
-            "# HELP hams_epoch Current epoch of this process's sources.\n# TYPE hams_epoch gauge\nhams_epoch {}",
-            self.epoch.load(Ordering::Relaxed)
-        );
-        {
-            let l = latency;
-            let _ = writeln!(
-                s,
-                "# HELP hams_request_latency_us End-to-end latency, ingestion to release.\n# TYPE hams_request_latency_us histogram"
-            );
-            let mut cum = 0;
-            for (i, le) in BUCKETS_US.iter().enumerate() {
-                cum += l.0[i];
-                let _ = writeln!(s, "hams_request_latency_us_bucket{{le=\"{le}\"}} {cum}");
-            }
-            cum += l.0[BUCKETS_US.len()];
-            let _ = writeln!(
-                s,
-                "hams_request_latency_us_bucket{{le=\"+Inf\"}} {cum}\nhams_request_latency_us_sum {}\nhams_request_latency_us_count {}",
-                l.1, l.2
-            );
-        }
-        let _ = writeln!(s, "# HELP hams_queue_depth Requests waiting at or in flight from a model operator of this process.\n# TYPE hams_queue_depth gauge");
-        for (node, d) in self.queues.lock().expect("poisoned").iter() {
-            let _ = writeln!(s, "hams_queue_depth{{node=\"{node}\"}} {d}");
-        }
-        let backups = self.backups.lock().expect("poisoned");
-        let _ = writeln!(
-            s,
-            "# HELP hams_durable_frontier First epoch a stateful model's backup does not hold yet.\n# TYPE hams_durable_frontier gauge"
-        );
-        for (m, b) in backups.iter() {
-            let _ = writeln!(s, "hams_durable_frontier{{model=\"{m}\"}} {}", b.durable);
-        }
-        let _ = writeln!(
-            s,
-            "# HELP hams_backup_lag_epochs Epochs delivered to a backup and not yet held.\n# TYPE hams_backup_lag_epochs gauge"
-        );
-        for (m, b) in backups.iter() {
-            let _ = writeln!(s, "hams_backup_lag_epochs{{model=\"{m}\"}} {}", b.epochs);
-        }
-        let _ = writeln!(
-            s,
-            "# HELP hams_backup_lag_bytes Bytes of deltas delivered to a backup and not yet held.\n# TYPE hams_backup_lag_bytes gauge"
-        );
-        for (m, b) in backups.iter() {
-            let _ = writeln!(s, "hams_backup_lag_bytes{{model=\"{m}\"}} {}", b.bytes);
-        }
-        drop(backups);
-        let _ = writeln!(
-            s,
-            "# HELP hams_recovery_phase_ms Phases of the latest recovery seen by this process.\n# TYPE hams_recovery_phase_ms gauge"
-        );
         for (phase, ms) in self.last_recovery_ms() {
-            let _ = writeln!(s, "hams_recovery_phase_ms{{phase=\"{phase}\"}} {ms}");
+            self.phase_ms.get_or_create(&vec![("phase", phase.to_string())]).set(ms);
         }
+        let mut s = String::new();
+        let _agree = self.scrape.lock().expect("poisoned");
+        encode(&mut s, &self.registry).expect("writing to a String cannot fail");
         s
     }
 }
 
-/// Serves `/metrics` on `addr` from a background thread; returns the bound address.
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Content type of the OpenMetrics text format.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `/metrics` on `addr` (HTTP/1.1, any number of connections, on its
+/// own thread); returns the bound address.
 pub fn serve(addr: &str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("hams-metrics".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            // Read the request head (it may come in several segments).
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        rt.block_on(async move {
+            let scrape = || async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics().render()) };
+            let app = axum::Router::new()
+                .route("/metrics", get(scrape))
+                .route("/", get(scrape))
+                .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "metrics server stopped");
+                    }
                 }
+                Err(e) => tracing::error!(error = %e, "metrics server could not start"),
             }
-            let request = String::from_utf8_lossy(&buf);
-            let (status, body) = if request.starts_with("GET /metrics") || request.starts_with("GET / ") {
-                ("200 OK", metrics().render())
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+        })
     })?;
     Ok(bound)
 }
@@ -328,7 +338,7 @@ mod tests {
         m.phase(1, Phase::ViewChanged, 4_000);
         let text = m.render();
         assert!(text.contains("hams_results_released_total 2"), "{text}");
-        assert!(text.contains("hams_request_latency_us_bucket{le=\"500\"} 1"), "{text}");
+        assert!(text.contains("hams_request_latency_us_bucket{le=\"500.0\"} 1"), "{text}");
         assert!(text.contains("hams_request_latency_us_bucket{le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("hams_queue_depth{node=\"lstm\"} 4"), "{text}");
         assert!(text.contains("hams_backup_lag_bytes{model=\"lstm\"} 4096"), "{text}");

@@ -39,6 +39,17 @@ impl Partition {
     fn released(&self, offset: u64) -> bool {
         offset < self.watermark || self.above.contains(&offset)
     }
+
+    /// How many accepted offsets at or above `from` are released (one run's share).
+    pub fn released_since(&self, from: u64) -> u64 {
+        let below = self.watermark.min(self.accepted).saturating_sub(from);
+        below
+            + self
+                .above
+                .iter()
+                .filter(|o| (from..self.accepted).contains(*o) && **o >= self.watermark)
+                .count() as u64
+    }
 }
 
 /// Everything the checker reads.
@@ -507,6 +518,19 @@ mod tests {
             .iter()
             .any(|p| p.contains(what) && p.contains(&format!("seq #{seq}")) && (p.contains("tracker") || p.contains("partition")));
         assert!(named, "no problem naming {what:?} and seq {seq}:\n{r}");
+    }
+
+    #[test]
+    fn a_runs_share_counts_only_its_offsets() {
+        let part = Partition {
+            accepted: 10,
+            watermark: 4,
+            above: [5, 7, 8].into_iter().collect(),
+        };
+        assert_eq!(part.released_since(0), 7);
+        assert_eq!(part.released_since(3), 4);
+        assert_eq!(part.released_since(6), 2);
+        assert_eq!(part.released_since(10), 0);
     }
 
     #[test]

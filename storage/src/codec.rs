@@ -42,7 +42,18 @@ pub fn decode<T: DeserializeOwned>(cf: &'static str, key: &[u8], bytes: &[u8]) -
             "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
         )));
     }
-    bincode::deserialize(body).map_err(|e| corrupt(format!("undecodable body: {e}")))
+    untrusted(body).map_err(|e| corrupt(format!("undecodable body: {e}")))
+}
+
+/// Decodes bincode (as `bincode::serialize` writes it) from bytes that may be
+/// anything: every length field is checked against the bytes actually there
+/// before it is used, and trailing bytes are refused.
+pub fn untrusted<T: DeserializeOwned>(bytes: &[u8]) -> bincode::Result<T> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(bytes.len() as u64)
+        .deserialize(bytes)
 }
 
 /// Lower-case hex of a key, for error messages.

@@ -125,6 +125,12 @@ pub fn evidence(store: &Arc<Store>, partition: u32) -> Result<(hams_protocol::in
     Ok((part, outputs))
 }
 
+/// Where this run's part of `partition`'s source log begins: offsets below
+/// were accepted by earlier runs on the same store.
+pub fn run_start(store: &Store, partition: u32) -> Result<u64> {
+    Ok(store.get::<u64>(Cf::Meta, &crate::schema::feed_start_key(partition))?.unwrap_or(0))
+}
+
 /// Releases staged in a batch, to [`Released::apply`] after its commit.
 #[derive(Debug)]
 #[must_use]

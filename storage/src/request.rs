@@ -44,7 +44,8 @@ impl Request {
     pub fn decode(bytes: &[u8]) -> Result<Request> {
         let malformed = |reason: String| Error::MalformedRequest { reason };
         if let Some(body) = bytes.strip_prefix(BINARY_MAGIC.as_slice()) {
-            return bincode::deserialize(body).map_err(|e| malformed(format!("binary request: {e}")));
+            let r: Request = crate::codec::untrusted(body).map_err(|e| malformed(format!("binary request: {e}")))?;
+            return r.checked();
         }
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
@@ -53,25 +54,32 @@ impl Request {
         }
         let j: JsonRequest = serde_json::from_slice(bytes).map_err(|e| malformed(format!("JSON request: {e}")))?;
         let input = match (j.input, j.tokens) {
-            (Some(v), None) => {
-                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(malformed(format!("input[{i}] is not a finite number")));
-                }
-                Values::F32(v)
-            }
+            (Some(v), None) => Values::F32(v),
             (None, Some(t)) => Values::Tokens(t),
             (Some(_), Some(_)) => return Err(malformed("both \"input\" and \"tokens\" given".into())),
             (None, None) => return Err(malformed("missing \"input\" (or \"tokens\")".into())),
         };
-        if j.end && j.session.is_none() {
-            return Err(malformed("\"end\" without a \"session\"".into()));
-        }
-        Ok(Request {
+        Request {
             session: j.session,
             start: j.start,
             end: j.end,
             input,
-        })
+        }
+        .checked()
+    }
+
+    /// What either wire form must satisfy.
+    fn checked(self) -> Result<Request> {
+        let malformed = |reason: String| Error::MalformedRequest { reason };
+        if let Values::F32(v) = &self.input {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(malformed(format!("input[{i}] is not a finite number")));
+            }
+        }
+        if self.end && self.session.is_none() {
+            return Err(malformed("\"end\" without a \"session\"".into()));
+        }
+        Ok(self)
     }
 
     /// The compact binary wire form.

@@ -124,22 +124,31 @@ pub fn executor_pids(parent: u32, model: &str, replica: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The body of `GET http://addr{path}` (`None`: unreachable or not 200).
+pub fn fetch(addr: &str, path: &str) -> Option<String> {
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(5)).build();
+    agent.get(&format!("http://{addr}{path}")).call().ok()?.into_string().ok()
+}
+
+/// The status of `GET http://addr{path}` (`None`: unreachable).
+pub fn fetch_status(addr: &str, path: &str) -> Option<u16> {
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(5)).build();
+    match agent.get(&format!("http://{addr}{path}")).call() {
+        Ok(r) => Some(r.status()),
+        Err(ureq::Error::Status(code, _)) => Some(code),
+        Err(_) => None,
+    }
+}
+
 /// Every sample of one Prometheus text scrape of `addr`, by series (`None`: unreachable).
 pub fn scrape_all(addr: &str) -> Option<std::collections::BTreeMap<String, f64>> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let body = body.split_once("\r\n\r\n").map_or(body.as_str(), |(_, b)| b);
+    let body = fetch(addr, "/metrics")?;
     Some(
         body.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_string(), value.parse().ok()?))
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
             })
             .collect(),
     )

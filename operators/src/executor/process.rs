@@ -99,6 +99,9 @@ pub fn spawn(spec: &ModelSpec, replica: &str, launch: &Launch) -> Result<Executo
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+        // Its own process group: a terminal's Ctrl-C goes to the worker, which
+        // drains with its executors alive (they die with it: PDEATHSIG).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(io(format!("starting executor {name} ({})", launch.program.display())))?;
@@ -170,7 +173,7 @@ async fn connection(listener: &UnixListener, rx: &mut UnboundedReceiver<ToExecut
             frame = reader.next() => match frame {
                 None => return Err("connection closed".into()),
                 Some(Err(e)) => return Err(format!("read failed: {e}")),
-                Some(Ok(bytes)) => match bincode::deserialize::<FromExecutor>(&bytes) {
+                Some(Ok(bytes)) => match hams_storage::codec::untrusted::<FromExecutor>(&bytes) {
                     Ok(FromExecutor::Ready { pid, .. }) => shared.emit(Event::Ready { pid }),
                     Ok(FromExecutor::Done(r)) => shared.emit(Event::Done(r)),
                     Ok(FromExecutor::Pong(n)) => shared.emit(Event::Pong(n)),

@@ -120,7 +120,7 @@ fn serve(socket: &str) -> Result<()> {
             .map_err(io("spawning the compute thread"))?;
         while let Some(frame) = reader.next().await {
             let frame = frame.map_err(io("reading from the worker"))?;
-            match bincode::deserialize::<ToExecutor>(&frame) {
+            match hams_storage::codec::untrusted::<ToExecutor>(&frame) {
                 Ok(work @ (ToExecutor::Infer(_) | ToExecutor::Restore(_))) => {
                     let _ = work_tx.send(work);
                 }

@@ -9,6 +9,19 @@ use super::weights::Params;
 use super::{prepare, Forward, Input, Model};
 use crate::error::{Error, Result};
 
+/// The candle backend runs on the CPU (`cpu` or `auto`).
+pub(crate) fn device(spec: &ModelSpec) -> Result<Device> {
+    match spec.device.as_str() {
+        "cpu" | "auto" => Ok(Device::Cpu),
+        other => Err(Error::Unsupported {
+            model: spec.name.clone(),
+            reason: format!(
+                "device {other:?}: the candle backend runs on the cpu only (device = \"cpu\" or \"auto\"; CUDA needs backend = \"tch\")"
+            ),
+        }),
+    }
+}
+
 pub(crate) struct CandleModel {
     spec: ModelSpec,
     device: Device,
@@ -18,15 +31,7 @@ pub(crate) struct CandleModel {
 
 impl CandleModel {
     pub(crate) fn new(spec: ModelSpec, params: &Params) -> Result<Self> {
-        let device = match spec.device.as_str() {
-            "cpu" | "auto" => Device::Cpu,
-            other => {
-                return Err(Error::Unsupported {
-                    model: spec.name.clone(),
-                    reason: format!("device {other:?}: the candle backend runs on cpu only in this build"),
-                })
-            }
-        };
+        let device = device(&spec)?;
         let mut p = BTreeMap::new();
         for (name, param) in params {
             let mut t = Tensor::from_slice(&param.data, param.shape.as_slice(), &device).map_err(|e| be(&spec, e))?;

@@ -73,6 +73,52 @@ pub fn backend_available(backend: BackendKind) -> bool {
     }
 }
 
+/// Checks, before anything is allocated, that `spec` can be loaded here: its
+/// backend is in this build, its device exists, and its weights fit in the
+/// memory this host has available (twice over: the backend copies them).
+pub fn check_loadable(spec: &ModelSpec) -> Result<()> {
+    let unsupported = |reason: String| Error::Unsupported {
+        model: spec.name.clone(),
+        reason,
+    };
+    match spec.backend {
+        BackendKind::Candle => {
+            candle::device(spec)?;
+        }
+        #[cfg(feature = "torch")]
+        BackendKind::Tch => {
+            tch::device(spec)?;
+        }
+        #[cfg(not(feature = "torch"))]
+        BackendKind::Tch => {
+            return Err(unsupported(
+                "the tch backend needs hams built with the `torch` feature (see README: libtorch)".into(),
+            ))
+        }
+    }
+    let bytes = weights::param_bytes(spec)
+        .ok_or_else(|| unsupported("its parameter count overflows: the sizes in the graph are far too large".into()))?;
+    if let Some(available) = available_memory() {
+        if bytes.saturating_mul(2) > available {
+            return Err(unsupported(format!(
+                "its weights need {:.1} GiB ({} parameters), and this host has {:.1} GiB of memory available",
+                bytes as f64 / (1u64 << 30) as f64,
+                bytes / 4,
+                available as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of this host, in bytes (`None` where /proc/meminfo is not there).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// Loads `spec` on its backend.
 pub fn load(spec: &ModelSpec) -> Result<Box<dyn Model>> {
     if matches!(spec.arch, Arch::TorchScript { .. }) && spec.backend != BackendKind::Tch {

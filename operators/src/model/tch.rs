@@ -37,7 +37,7 @@ fn err(spec: &ModelSpec, e: impl std::fmt::Display) -> Error {
 }
 
 /// `cpu`, `cuda:N` or `auto`, with a clear error when CUDA is asked for and absent.
-fn device(spec: &ModelSpec) -> Result<Device> {
+pub(crate) fn device(spec: &ModelSpec) -> Result<Device> {
     let cuda = tch::Cuda::is_available();
     let unsupported = |reason: String| Error::Unsupported {
         model: spec.name.clone(),

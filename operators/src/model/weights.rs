@@ -78,6 +78,14 @@ pub fn layout(spec: &ModelSpec) -> Vec<(String, Vec<usize>, usize)> {
     out
 }
 
+/// Bytes of `spec`'s parameters (f32), or `None` when the count overflows.
+pub fn param_bytes(spec: &ModelSpec) -> Option<u64> {
+    layout(spec).iter().try_fold(0u64, |sum, (_, shape, _)| {
+        let n = shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d as u64))?;
+        sum.checked_add(n.checked_mul(4)?)
+    })
+}
+
 /// PyTorch-style init: uniform in ±1/sqrt(fan_in), seeded per parameter name.
 pub fn seeded(spec: &ModelSpec, seed: u64) -> Params {
     layout(spec)

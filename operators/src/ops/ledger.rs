@@ -132,4 +132,9 @@ impl Ledger {
     pub fn evidence(&self) -> Result<(Partition, Vec<OutputRecord>)> {
         Ok(hams_storage::released::evidence(&self.store, self.partition)?)
     }
+
+    /// Where this run's part of the partition's source log begins.
+    pub fn run_start(&self) -> Result<u64> {
+        Ok(hams_storage::released::run_start(&self.store, self.partition)?)
+    }
 }

@@ -173,15 +173,17 @@ impl<'scope> Release<'scope> for Stream<'scope, Time, Vec<Envelope>> {
                     (Some(t), Some(cap)) if *cap.time() < t => cap.downgrade(&t),
                     (None, Some(_)) if sink.is_empty() => {
                         let cap = final_cap.take().expect("matched");
-                        match ledger.evidence() {
-                            Ok((part, outputs)) => {
+                        match ledger.evidence().and_then(|e| Ok((e, ledger.run_start()?))) {
+                            Ok(((part, outputs), from)) => {
                                 let p = ledger.partition;
                                 let outputs: Vec<(u32, OutputRecord)> = outputs.into_iter().map(|o| (p, o)).collect();
-                                let accepted = part.accepted;
+                                // This run's share; losses and duplicates count over the whole log.
+                                let accepted = part.accepted.saturating_sub(from);
+                                let released = part.released_since(from);
                                 let report = invariants::exactly_once(&[(p, part)].into_iter().collect(), &outputs);
                                 let audit = Audit {
                                     accepted,
-                                    released: report.released,
+                                    released,
                                     lost: report.lost,
                                     duplicated: report.duplicated,
                                     problems: report.problems,

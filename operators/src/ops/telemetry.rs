@@ -59,13 +59,13 @@ pub struct SinkStats {
 /// What the durable logs say of one partition at the end of a run (I1).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Audit {
-    /// Requests ever accepted in the partition.
+    /// Requests this run accepted in the partition.
     pub accepted: u64,
     /// Of those, released.
     pub released: u64,
-    /// Accepted requests with no answer.
+    /// Requests ever accepted in the partition with no answer.
     pub lost: u64,
-    /// Answers beyond the first for a request.
+    /// Answers beyond the first for a request, over the whole log.
     pub duplicated: u64,
     /// The first problems found.
     pub problems: Vec<String>,

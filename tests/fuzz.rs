@@ -1,0 +1,468 @@
+//! Property-based fuzzing of everything that reads outside input: requests
+//! (JSON and binary, as clients and Kafka records send them), graph files,
+//! executor frames and durable records read back from disk.
+//!
+//! The properties: no panic, every rejection a typed error, what is accepted
+//! is well-formed, and no single allocation sized from the input beyond what
+//! the input could hold (a counting allocator watches every decode).
+//!
+//! Seeded and bounded: `HAMS_FUZZ_SEED=N` replays a run (every test prints
+//! its seed), `HAMS_FUZZ_CASES=N` scales the cases of every target.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use hams::protocol::exec::{InferRequest, Item, ToExecutor};
+use hams::protocol::{Epoch, Seq, SessionId};
+use hams::storage::{ErrorKind, Request, Values};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+
+/// Tracks the largest single allocation of the current thread.
+struct Watch;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only records sizes in a const-initialised thread local.
+unsafe impl GlobalAlloc for Watch {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(new)));
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Watch = Watch;
+
+/// Runs `f` and fails if it allocated more at once than `input_len` bytes of
+/// input could justify (serde preallocates at most 1 MiB from a length hint).
+fn bounded<T>(input_len: usize, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
+    LARGEST.with(|l| l.set(0));
+    let out = f();
+    let largest = LARGEST.with(Cell::get);
+    let limit = (1 << 20).max(64 * input_len);
+    if largest > limit {
+        return Err(TestCaseError::fail(format!(
+            "one allocation of {largest} bytes from {input_len} bytes of input"
+        )));
+    }
+    Ok(out)
+}
+
+fn seed() -> u64 {
+    match std::env::var("HAMS_FUZZ_SEED") {
+        Ok(s) => s.parse().unwrap_or_else(|_| panic!("HAMS_FUZZ_SEED={s:?} is not a number")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64,
+    }
+}
+
+/// Runs `test` on `cases` inputs of `strategy` from a printed seed; a failure
+/// names the seed and the smallest input that still fails.
+fn fuzz<S: Strategy>(name: &str, cases: u32, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let seed = seed();
+    let scale: f64 = std::env::var("HAMS_FUZZ_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .map_or(1.0, |c: f64| c / 1000.0);
+    let cases = ((cases as f64 * scale) as u32).max(1);
+    eprintln!("fuzz {name}: seed {seed}, {cases} cases (replay: HAMS_FUZZ_SEED={seed})");
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
+    match runner.run(&strategy, test) {
+        Ok(()) => {}
+        Err(TestError::Fail(why, input)) => {
+            panic!("fuzz {name} (HAMS_FUZZ_SEED={seed}): {why}\nsmallest failing input: {input:#?}")
+        }
+        Err(e) => panic!("fuzz {name} (HAMS_FUZZ_SEED={seed}): {e}"),
+    }
+}
+
+/// One edit of a byte string.
+#[derive(Debug, Clone)]
+enum Edit {
+    Flip(usize, u8),
+    Truncate(usize),
+    Insert(usize, Vec<u8>),
+    Repeat(usize, usize),
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let edit = prop_oneof![
+        (any::<usize>(), 1..=255u8).prop_map(|(i, b)| Edit::Flip(i, b)),
+        any::<usize>().prop_map(Edit::Truncate),
+        (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(i, b)| Edit::Insert(i, b)),
+        (any::<usize>(), 1..64usize).prop_map(|(i, n)| Edit::Repeat(i, n)),
+    ];
+    prop::collection::vec(edit, 0..4)
+}
+
+fn apply(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for e in edits {
+        let at = |i: usize, len: usize| if len == 0 { 0 } else { i % len };
+        match e {
+            Edit::Flip(i, b) if !bytes.is_empty() => {
+                let i = at(*i, bytes.len());
+                bytes[i] ^= b;
+            }
+            Edit::Truncate(i) => bytes.truncate(at(*i, bytes.len() + 1)),
+            Edit::Insert(i, b) => {
+                let i = at(*i, bytes.len() + 1);
+                bytes.splice(i..i, b.iter().copied());
+            }
+            Edit::Repeat(i, n) if !bytes.is_empty() => {
+                let i = at(*i, bytes.len());
+                let end = (i + n).min(bytes.len());
+                let part = bytes[i..end].to_vec();
+                bytes.splice(end..end, part);
+            }
+            _ => {}
+        }
+    }
+    bytes
+}
+
+fn values() -> impl Strategy<Value = Values> {
+    prop_oneof![
+        prop::collection::vec(any::<f32>(), 0..24).prop_map(Values::F32),
+        prop::collection::vec(prop_oneof![0..64u32, any::<u32>()], 0..24).prop_map(Values::Tokens),
+    ]
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    (proptest::option::of(any::<u64>()), any::<bool>(), any::<bool>(), values()).prop_map(|(session, start, end, input)| Request {
+        session,
+        start,
+        end,
+        input,
+    })
+}
+
+/// Bytes a client might send: garbage, or a request in either wire form, edited.
+fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        (request(), edits()).prop_map(|(r, e)| apply(r.encode_json().into_bytes(), &e)),
+        (request(), edits()).prop_map(|(r, e)| apply(r.encode_binary(), &e)),
+        // Binary framing with an arbitrary body: the length fields are the input's.
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| [b"HRQ1".as_slice(), &b].concat()),
+    ]
+}
+
+#[test]
+fn requests_decode_or_get_a_typed_error() {
+    let graph = hams::GraphDef::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/graphs/chain.toml"))
+        .unwrap()
+        .build()
+        .unwrap();
+    fuzz("requests", 20_000, request_bytes(), |bytes| {
+        let decoded = bounded(bytes.len(), || Request::decode(&bytes))?;
+        match decoded {
+            Ok(r) => {
+                if let Values::F32(v) = &r.input {
+                    prop_assert!(v.iter().all(|x| x.is_finite()), "a non-finite input was accepted: {r:?}");
+                }
+                prop_assert!(!r.end || r.session.is_some(), "end without a session accepted");
+                // Either wire form of an accepted request reads back as itself.
+                prop_assert_eq!(Request::decode(r.encode_json().as_bytes()).ok(), Some(r.clone()));
+                prop_assert_eq!(Request::decode(&r.encode_binary()).ok(), Some(r));
+            }
+            Err(e) => prop_assert!(matches!(e, hams::storage::Error::MalformedRequest { .. }), "{e}"),
+        }
+        // What the source makes of it: a record of the service's shape, or a typed error.
+        match bounded(bytes.len(), || hams::dataflow::source::admit(&graph.source, 7, 0, 3, 0, &bytes))? {
+            Ok(env) => prop_assert_eq!(env.values.len(), graph.source.shape.iter().product::<usize>()),
+            Err(f) => prop_assert!(
+                matches!(f.error.kind, ErrorKind::Malformed | ErrorKind::Type | ErrorKind::Shape),
+                "{:?}",
+                f.error
+            ),
+        }
+        Ok(())
+    });
+}
+
+/// Numbers worth trying in a graph file.
+fn number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "0",
+            "1",
+            "2",
+            "3",
+            "-1",
+            "16777216",
+            "16777217",
+            "2147483648",
+            "4294967296",
+            "9007199254740993",
+            "9223372036854775807",
+            "1e9",
+            "0.5",
+            "\"8\"",
+        ])
+        .prop_map(String::from),
+        (0..5000u32).prop_map(|n| n.to_string()),
+    ]
+}
+
+/// One edit of a graph file.
+#[derive(Debug, Clone)]
+enum GraphEdit {
+    Number(usize, String),
+    DropLine(usize),
+    DupLine(usize),
+    SwapLines(usize, usize),
+    Word(usize, String),
+    Bytes(Vec<Edit>),
+}
+
+fn graph_edits() -> impl Strategy<Value = Vec<GraphEdit>> {
+    let word = prop::sample::select(vec![
+        "source",
+        "sink",
+        "",
+        "lstm",
+        "gru",
+        "mlp",
+        "cnn2d",
+        "text",
+        "torchscript",
+        "tokens",
+        "f32",
+        "cuda:0",
+        "auto",
+        "tch",
+        "kafka",
+        "log",
+        "embed",
+        "tracker",
+        "head",
+    ])
+    .prop_map(String::from);
+    let edit = prop_oneof![
+        4 => (any::<usize>(), number()).prop_map(|(i, n)| GraphEdit::Number(i, n)),
+        1 => any::<usize>().prop_map(GraphEdit::DropLine),
+        1 => any::<usize>().prop_map(GraphEdit::DupLine),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(i, j)| GraphEdit::SwapLines(i, j)),
+        2 => (any::<usize>(), word).prop_map(|(i, w)| GraphEdit::Word(i, w)),
+        1 => edits().prop_map(GraphEdit::Bytes),
+    ];
+    prop::collection::vec(edit, 1..6)
+}
+
+/// Replaces the `i`-th match (mod their count) of `is_token` runs in `text`.
+fn replace_nth(text: &str, i: usize, is_token: impl Fn(&str) -> Option<(usize, usize)>, with: &str) -> String {
+    let mut spans = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        match is_token(&text[at..]) {
+            Some((start, len)) => {
+                spans.push((at + start, at + start + len));
+                at += start + len.max(1);
+            }
+            None => break,
+        }
+    }
+    if spans.is_empty() {
+        return text.to_string();
+    }
+    let (a, b) = spans[i % spans.len()];
+    format!("{}{with}{}", &text[..a], &text[b..])
+}
+
+fn edit_graph(text: &str, edits: &[GraphEdit]) -> String {
+    let mut text = text.to_string();
+    for e in edits {
+        let lines: Vec<&str> = text.lines().collect();
+        let n = lines.len().max(1);
+        text = match e {
+            GraphEdit::Number(i, v) => replace_nth(
+                &text,
+                *i,
+                |s| {
+                    let start = s.find(|c: char| c.is_ascii_digit())?;
+                    let len = s[start..].find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len() - start);
+                    Some((start, len))
+                },
+                v,
+            ),
+            GraphEdit::DropLine(i) => lines
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k != &(i % n))
+                .map(|(_, l)| format!("{l}\n"))
+                .collect(),
+            GraphEdit::DupLine(i) => lines
+                .iter()
+                .enumerate()
+                .flat_map(|(k, l)| std::iter::repeat_n(format!("{l}\n"), if k == i % n { 2 } else { 1 }))
+                .collect(),
+            GraphEdit::SwapLines(i, j) => {
+                let mut ls: Vec<&str> = lines.clone();
+                if !ls.is_empty() {
+                    ls.swap(i % n, j % n);
+                }
+                ls.iter().map(|l| format!("{l}\n")).collect()
+            }
+            GraphEdit::Word(i, w) => replace_nth(
+                &text,
+                *i,
+                |s| {
+                    let start = s.find('"')? + 1;
+                    let len = s[start..].find('"')?;
+                    Some((start, len))
+                },
+                w,
+            ),
+            GraphEdit::Bytes(b) => String::from_utf8_lossy(&apply(text.into_bytes(), b)).into_owned(),
+        };
+    }
+    text
+}
+
+#[test]
+fn graph_files_load_or_get_an_error_that_names_the_file() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/graphs");
+    let mut bases: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    bases.sort();
+    let strategy = (prop::sample::select(bases), graph_edits()).prop_map(|(base, e)| edit_graph(&base, &e));
+    fuzz("graph files", 3_000, strategy, |text| {
+        let built = bounded(text.len(), || {
+            hams::GraphDef::from_toml(&text, "fuzz.toml").and_then(|d| d.build_from("fuzz.toml"))
+        })?;
+        let graph = match built {
+            Ok(g) => g,
+            Err(e) => {
+                let shown = e.to_string();
+                prop_assert!(shown.starts_with("fuzz.toml"), "the error does not name the file: {shown}");
+                return Ok(());
+            }
+        };
+        // An accepted graph places, and its own generator's requests are admitted.
+        for (processes, threads) in [(1, 1), (1, 2), (3, 2)] {
+            let _ = hams::dataflow::placement::place(&graph, hams::dataflow::placement::Cluster { processes, threads });
+        }
+        let g = graph.generator();
+        for offset in 0..3 {
+            let r = g.request(0, 2, offset);
+            let admitted = hams::dataflow::source::admit(&graph.source, offset, 0, offset, 0, &r.encode_binary());
+            prop_assert!(admitted.is_ok(), "its own request refused: {:?}", admitted.err());
+        }
+        Ok(())
+    });
+}
+
+fn frames() -> impl Strategy<Value = Vec<u8>> {
+    let item = (
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        any::<bool>(),
+        any::<bool>(),
+        values(),
+    )
+        .prop_map(|(seq, session, start, end, input)| Item {
+            seq: Seq(seq),
+            session: session.map(SessionId),
+            start,
+            end,
+            input,
+        });
+    let msg = prop_oneof![
+        (any::<u64>(), any::<u64>(), prop::collection::vec(item, 0..4)).prop_map(|(ticket, epoch, items)| ToExecutor::Infer(
+            InferRequest {
+                ticket,
+                epoch: Epoch(epoch),
+                items,
+            }
+        )),
+        any::<u64>().prop_map(ToExecutor::Ping),
+        Just(ToExecutor::Shutdown),
+    ];
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        (msg, edits()).prop_map(|(m, e)| apply(bincode::serialize(&m).unwrap(), &e)),
+    ]
+}
+
+#[test]
+fn executor_frames_decode_or_get_an_error() {
+    use hams::operators::executor::protocol::FromExecutor;
+    fuzz("executor frames", 20_000, frames(), |bytes| {
+        if let Ok(m) = bounded(bytes.len(), || hams::storage::codec::untrusted::<ToExecutor>(&bytes))? {
+            // Whatever decodes is exactly what the bytes encode.
+            prop_assert_eq!(bincode::serialize(&m).unwrap(), bytes.clone());
+        }
+        let _ = bounded(bytes.len(), || hams::storage::codec::untrusted::<FromExecutor>(&bytes))?;
+        Ok(())
+    });
+}
+
+/// Durable values as they might be read back from a damaged disk: garbage,
+/// truncated or flipped envelopes, and well-framed envelopes around garbage
+/// (the checksum then passes, and the record decoder sees the bytes).
+fn stored() -> impl Strategy<Value = Vec<u8>> {
+    let framed = |body: Vec<u8>| {
+        let mut out = vec![0xA5, 1];
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend(body);
+        out
+    };
+    let sample = |(k, v): (u64, u64)| hams::storage::codec::encode(&(k, vec![v as u32; (k % 5) as usize], format!("s{v}")));
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..128),
+        prop::collection::vec(any::<u8>(), 0..128).prop_map(framed),
+        ((any::<u64>(), any::<u64>()), edits()).prop_map(move |(s, e)| apply(sample(s), &e)),
+    ]
+}
+
+#[test]
+fn durable_records_decode_or_are_reported_corrupt() {
+    use hams::storage::codec::decode;
+    use hams::storage::schema::{Execution, GraphShape, OutputRecord, SessionState, SourceRecord};
+    fuzz("durable records", 20_000, stored(), |bytes| {
+        let corrupt = |r: Result<(), hams::storage::Error>| match r {
+            Ok(()) => Ok(()),
+            Err(hams::storage::Error::Corrupt { .. }) => Ok(()),
+            Err(e) => Err(TestCaseError::fail(format!("not a corruption error: {e}"))),
+        };
+        bounded(bytes.len(), || -> Result<(), TestCaseError> {
+            corrupt(decode::<SourceRecord>("source", b"k", &bytes).map(drop))?;
+            corrupt(decode::<OutputRecord>("output", b"k", &bytes).map(drop))?;
+            corrupt(decode::<SessionState>("state", b"k", &bytes).map(drop))?;
+            corrupt(decode::<Execution>("lineage", b"k", &bytes).map(drop))?;
+            corrupt(decode::<GraphShape>("meta", b"k", &bytes).map(drop))?;
+            corrupt(decode::<Vec<u32>>("meta", b"k", &bytes).map(drop))?;
+            corrupt(decode::<String>("meta", b"k", &bytes).map(drop))?;
+            corrupt(decode::<(u64, Vec<u32>, String)>("meta", b"k", &bytes).map(drop))
+        })?
+    });
+}
