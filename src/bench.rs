@@ -122,12 +122,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             let s = run_once(args, *mode, &data)?;
             let _ = std::fs::remove_dir_all(&data);
             eprintln!(
-                "round {round} {mode:<16} mean {:>8} us  p50 {:>8} us  p99 {:>8} us  {:>8.0} req/s  recovery {} ms",
+                "round {round} {mode:<16} mean {:>8} us  p50 {:>8} us  p99 {:>8} us  {:>8.0} req/s  recovery {} ms  back at 90% {} ms",
                 s["mean_us"],
                 s["p50_us"],
                 s["p99_us"],
                 s["throughput_rps"].as_f64().unwrap_or(0.0),
-                s["recovery_ms"]
+                s["recovery_ms"],
+                Value::Array(
+                    s["faults"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| f["throughput_back_ms"].clone())
+                        .collect()
+                )
             );
             runs.entry(mode.to_string()).or_default().push(s);
         }
@@ -146,6 +154,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             .flat_map(|r| r["recovery_ms"].as_array().cloned().unwrap_or_default())
             .filter_map(|x| x.as_f64())
             .collect();
+        let back: Vec<f64> = rs
+            .iter()
+            .flat_map(|r| r["faults"].as_array().cloned().unwrap_or_default())
+            .filter_map(|f| f["throughput_back_ms"].as_f64())
+            .collect();
         let mut m = json!({
             "rounds": rs.len(),
             "mean_us": median(rs.iter().map(|r| f(r, "mean_us")).collect()),
@@ -160,6 +173,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "throughput_rps": median(rs.iter().map(|r| f(r, "throughput_rps")).collect()),
             "recovery_ms": recovery,
             "recovery_ms_median": median(recovery.clone()),
+            "throughput_back_ms_median": median(back),
             "released": rs.iter().map(|r| r["released"].as_u64().unwrap_or(0)).sum::<u64>(),
             "lost": rs.iter().map(|r| r["lost"].as_u64().unwrap_or(0)).sum::<u64>(),
             "duplicated": rs.iter().map(|r| r["duplicated"].as_u64().unwrap_or(0)).sum::<u64>(),

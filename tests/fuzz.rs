@@ -178,7 +178,7 @@ fn requests_decode_or_get_a_typed_error() {
         .unwrap()
         .build()
         .unwrap();
-    fuzz("requests", 20_000, request_bytes(), |bytes| {
+    fuzz("requests", 200_000, request_bytes(), |bytes| {
         let decoded = bounded(bytes.len(), || Request::decode(&bytes))?;
         match decoded {
             Ok(r) => {
@@ -355,7 +355,7 @@ fn graph_files_load_or_get_an_error_that_names_the_file() {
         .collect();
     bases.sort();
     let strategy = (prop::sample::select(bases), graph_edits()).prop_map(|(base, e)| edit_graph(&base, &e));
-    fuzz("graph files", 3_000, strategy, |text| {
+    fuzz("graph files", 30_000, strategy, |text| {
         let built = bounded(text.len(), || {
             hams::GraphDef::from_toml(&text, "fuzz.toml").and_then(|d| d.build_from("fuzz.toml"))
         })?;
@@ -416,7 +416,7 @@ fn frames() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn executor_frames_decode_or_get_an_error() {
     use hams::operators::executor::protocol::FromExecutor;
-    fuzz("executor frames", 20_000, frames(), |bytes| {
+    fuzz("executor frames", 200_000, frames(), |bytes| {
         if let Ok(m) = bounded(bytes.len(), || hams::storage::codec::untrusted::<ToExecutor>(&bytes))? {
             // Whatever decodes is exactly what the bytes encode.
             prop_assert_eq!(bincode::serialize(&m).unwrap(), bytes.clone());
@@ -448,7 +448,7 @@ fn stored() -> impl Strategy<Value = Vec<u8>> {
 fn durable_records_decode_or_are_reported_corrupt() {
     use hams::storage::codec::decode;
     use hams::storage::schema::{Execution, GraphShape, OutputRecord, SessionState, SourceRecord};
-    fuzz("durable records", 20_000, stored(), |bytes| {
+    fuzz("durable records", 200_000, stored(), |bytes| {
         let corrupt = |r: Result<(), hams::storage::Error>| match r {
             Ok(()) => Ok(()),
             Err(hams::storage::Error::Corrupt { .. }) => Ok(()),

@@ -138,7 +138,7 @@ fn torchscript_lstm_serves_chain_like_the_zoo_lstm() {
         .collect();
     let expected = Reference::new(&chain).unwrap().eval_all(&requests);
     for out in common::outputs(dir.path(), 2) {
-        let (Ok(Values::F32(got)), Ok(Values::F32(want))) = (&out.outcome, &expected[&out.seq]) else {
+        let (Ok(Values::F32(got)), Ok(Values::F32(want))) = (&out.outcome, &expected[&out.seq.0]) else {
             panic!("{out:?}")
         };
         close(got, want, &format!("seq {}", out.seq));

@@ -242,7 +242,11 @@ fn describe_fault(graph: &Graph, f: &Fault) -> String {
 
 /// What became of each planned fault, from worker 0's logs.
 fn fault_reports(plan: &Plan, config: &RunConfig, log: &FaultLog, totals: &Totals) -> Vec<FaultReport> {
-    let mut reports = executor_fault_reports(plan, log, totals);
+    let rate = match config.feed {
+        Feed::Generate { rate, .. } => rate,
+        _ => None,
+    };
+    let mut reports = executor_fault_reports(plan, log, totals, rate);
     // A process fault's recovery is measured by the first life of the cluster
     // after it: this one, for the latest fault.
     let latest = config.fired_process_faults.values().max().copied();
@@ -256,12 +260,16 @@ fn fault_reports(plan: &Plan, config: &RunConfig, log: &FaultLog, totals: &Total
             fault: format!("kill process {}@{}", f.process, f.at),
             injected: at.is_some(),
             recovery_ms: recovered,
+            // Only the offered rate is a baseline here: the releases before the kill were another life's.
+            throughput_back_ms: at
+                .filter(|t| Some(*t) == latest && rate.is_some())
+                .and_then(|t| totals.throughput_back_ms(t, rate)),
         });
     }
     reports
 }
 
-fn executor_fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<FaultReport> {
+fn executor_fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals, rate: Option<f64>) -> Vec<FaultReport> {
     plan.faults
         .iter()
         .enumerate()
@@ -286,6 +294,7 @@ fn executor_fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals) -> Vec<F
                 fault: describe_fault(&plan.graph, f),
                 injected: injected.is_some(),
                 recovery_ms: injected.zip(recovered).map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0),
+                throughput_back_ms: injected.and_then(|t| totals.throughput_back_ms(t, rate)),
             }
         })
         .collect()

@@ -115,9 +115,41 @@ pub struct Totals {
     pub first_release: std::collections::BTreeMap<(u16, u32), u64>,
     /// First release of this process's run, µs since the Unix epoch.
     pub first_release_at: Option<u64>,
+    /// Releases per [`PACE_US`] slot (µs since the Unix epoch / slot), the
+    /// latest [`PACE_SLOTS`] slots.
+    pub pace: std::collections::BTreeMap<u64, u64>,
 }
 
+/// Width of a slot of [`Totals::pace`], µs.
+pub const PACE_US: u64 = 10_000;
+/// Slots kept (ten minutes).
+const PACE_SLOTS: usize = 60_000;
+/// Throughput counts as back once this many slots in a row release at 90% of the baseline.
+const BACK_WINDOW: u64 = 10;
+
 impl Totals {
+    /// Time from `at_us` until the release rate, over a window of
+    /// [`BACK_WINDOW`] slots, is back at 90% of `baseline` requests/s (the
+    /// offered rate; else the rate in the second before `at_us`), in ms.
+    pub fn throughput_back_ms(&self, at_us: u64, baseline: Option<f64>) -> Option<f64> {
+        let first = at_us / PACE_US;
+        let baseline = baseline.or_else(|| {
+            let before: u64 = self
+                .pace
+                .range(first.saturating_sub(1_000_000 / PACE_US)..first)
+                .map(|(_, n)| n)
+                .sum();
+            let covered = self.pace.first_key_value().is_some_and(|(k, _)| *k + 1_000_000 / PACE_US <= first);
+            (covered && before > 0).then_some(before as f64)
+        })?;
+        let need = 0.9 * baseline * (BACK_WINDOW * PACE_US) as f64 / 1e6;
+        let last = *self.pace.last_key_value()?.0;
+        (first..=last.saturating_sub(BACK_WINDOW - 1)).find_map(|w| {
+            let n: u64 = self.pace.range(w..w + BACK_WINDOW).map(|(_, n)| n).sum();
+            (n as f64 >= need).then(|| ((w + BACK_WINDOW) * PACE_US).saturating_sub(at_us) as f64 / 1000.0)
+        })
+    }
+
     /// Folds in one report of a sink.
     pub fn add(&mut self, s: SinkStats) {
         self.released += s.released;
@@ -132,6 +164,10 @@ impl Totals {
         self.orphans += s.orphans;
         if let Some(t) = s.first_us {
             self.first_release_at = Some(self.first_release_at.map_or(t, |f| f.min(t)));
+            *self.pace.entry(t / PACE_US).or_default() += s.released;
+            while self.pace.len() > PACE_SLOTS {
+                self.pace.pop_first();
+            }
         }
         for (m, inc, at) in s.first_release {
             let e = self.first_release.entry((m, inc)).or_insert(at);
@@ -202,6 +238,9 @@ pub struct FaultReport {
     /// (stateful primary), or to the replacement executor being ready
     /// (stateless executor or backup spare), in ms.
     pub recovery_ms: Option<f64>,
+    /// Injection to the end of the first 100 ms in which results are
+    /// released at 90% of the offered rate (or of the rate before the fault), in ms.
+    pub throughput_back_ms: Option<f64>,
 }
 
 impl Summary {
@@ -263,7 +302,12 @@ impl std::fmt::Display for Summary {
         )?;
         for fault in &self.faults {
             match (fault.injected, fault.recovery_ms) {
-                (true, Some(ms)) => write!(f, "\nfault {}: recovered in {ms:.1} ms", fault.fault)?,
+                (true, Some(ms)) => {
+                    write!(f, "\nfault {}: recovered in {ms:.1} ms", fault.fault)?;
+                    if let Some(back) = fault.throughput_back_ms {
+                        write!(f, ", throughput back at 90% after {back:.0} ms")?;
+                    }
+                }
                 (true, None) => write!(f, "\nfault {}: injected, recovery not observed", fault.fault)?,
                 (false, _) => write!(f, "\nfault {}: not injected (threshold not reached)", fault.fault)?,
             }
@@ -286,6 +330,27 @@ impl std::fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throughput_is_back_once_a_window_releases_ninety_percent() {
+        // 1000 req/s (10 per 10 ms slot) for 2 s, nothing for 150 ms from t = 2 s, then 10 per slot again.
+        let mut t = Totals::default();
+        let start = 1_000_000u64;
+        for slot in 0..400u64 {
+            if !(200..215).contains(&slot) {
+                t.pace.insert(start + slot, 10);
+            }
+        }
+        let at = (start + 200) * PACE_US;
+        // The first full window after the gap (9 of its 10 slots) ends 240 ms after the fault.
+        assert_eq!(t.throughput_back_ms(at, Some(1000.0)), Some(240.0));
+        // The same from the rate before the fault.
+        assert_eq!(t.throughput_back_ms(at, None), Some(240.0));
+        // Never back: nothing after the fault.
+        let mut never = Totals::default();
+        never.pace.insert(start, 10);
+        assert_eq!(never.throughput_back_ms(at, Some(1000.0)), None);
+    }
 
     #[test]
     fn quantiles_are_within_two_percent() {

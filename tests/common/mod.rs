@@ -34,6 +34,24 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(line).expect("valid JSON")
 }
 
+/// `n` free ports on 127.0.0.1 whose next port is free too (a cluster
+/// process listens on its port, and on the next one for its mirror).
+pub fn port_pairs(n: usize) -> Vec<u16> {
+    use std::net::TcpListener;
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if let Ok(m) = TcpListener::bind(("127.0.0.1", p + 1)) {
+            ports.push(p);
+            held.push(m);
+        }
+        held.push(l);
+    }
+    ports
+}
+
 /// Far beyond any run of the tests (seconds): a run still going is stuck.
 pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 
