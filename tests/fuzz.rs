@@ -344,6 +344,21 @@ fn edit_graph(text: &str, edits: &[GraphEdit]) -> String {
     text
 }
 
+/// Inputs the fuzz suite once failed on, checked on every run.
+#[test]
+fn fuzz_regressions() {
+    // HAMS_FUZZ_SEED=1796686871628639602: a token source with `vocab = 0` was
+    // accepted, and its generator panicked on the first request.
+    let sentiment =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/graphs/sentiment.toml")).unwrap();
+    let text = sentiment.replacen("vocab = 1000", "vocab = 0", 1);
+    assert_ne!(text, sentiment);
+    let e = hams::GraphDef::from_toml(&text, "fuzz.toml")
+        .and_then(|d| d.build_from("fuzz.toml"))
+        .unwrap_err();
+    assert!(e.to_string().contains("vocab"), "{e}");
+}
+
 #[test]
 fn graph_files_load_or_get_an_error_that_names_the_file() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/graphs");

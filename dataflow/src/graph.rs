@@ -120,8 +120,8 @@ impl Checker<'_> {
                 format!("shape {:?} has more than {MAX_DIM} elements per request", src.shape),
             ));
         }
-        if src.input == ElemType::Tokens && src.vocab.is_none() {
-            return Err(self.node_err("source", "token input needs a `vocab`"));
+        if src.input == ElemType::Tokens && src.vocab.is_none_or(|v| v == 0) {
+            return Err(self.node_err("source", "token input needs a `vocab` of at least 1"));
         }
         if src.kind == crate::def::SourceKind::Kafka && (src.brokers.is_empty() || src.topic.as_deref().is_none_or(str::is_empty)) {
             return Err(self.node_err("source", "a kafka source needs `brokers` and `topic`"));
