@@ -259,6 +259,11 @@ pub struct RunArgs {
     /// Skip the consistency check of the durable records at the end.
     #[arg(long)]
     pub no_verify: bool,
+    /// Serve the graph to clients under the Open Inference Protocol (KServe v2)
+    /// over HTTP at this address (`HOST:PORT`; process N of a cluster adds N to
+    /// the port); requests then come from clients only, until Ctrl-C.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["input", "rate", "seed", "drain"])]
+    pub serve: Option<String>,
     /// Serve Prometheus metrics at this address (`HOST:PORT`; process N of a cluster adds N to the port).
     #[arg(long)]
     pub metrics_addr: Option<String>,

@@ -156,6 +156,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Executors::Process(Launch::new(std::env::current_exe().context("locating the hams binary")?, 1)?)
     };
     let feed = match &args.input {
+        None if args.serve.is_some() => {
+            let addr = args.serve.as_deref().expect("matched");
+            Feed::Serve(hams_dataflow::serve::Front::new(addr, &graph))
+        }
         Some(path) => {
             let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let lines = text

@@ -33,6 +33,7 @@ pub mod reference;
 mod replica;
 pub mod resume;
 pub mod run;
+pub mod serve;
 pub mod source;
 pub mod summary;
 pub mod verify;

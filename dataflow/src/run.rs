@@ -344,7 +344,17 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     let first = (config.timely.process * cluster.threads) as u32;
     let partitions: Vec<u32> = (first..first + cluster.threads as u32).collect();
     crate::resume::check_compatible(&store, &config.graph, &partitions)?;
-    crate::verify::record_run(&store, &config.graph, partitions)?;
+    crate::verify::record_run(&store, &config.graph, partitions.clone())?;
+    if let Feed::Serve(front) = &config.feed {
+        // Process K serves on the given port + K, its own partitions.
+        let addr = front.address(config.timely.process)?;
+        let bound = crate::serve::start(front, &addr, store.clone(), &partitions, cluster.workers() as u32)
+            .map_err(|e| Error::Config(format!("serving on {addr}: {e}")))?;
+        eprintln!(
+            "hams: process {} serves the Open Inference Protocol at http://{bound}/v2",
+            config.timely.process
+        );
+    }
     // Results also go to Kafka: one publisher for this process's home partitions.
     let publisher = match &config.graph.sink_kafka {
         Some(topic) => {
@@ -516,6 +526,9 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
             }
             let out_of_time = config.duration.is_some_and(|d| start.elapsed() >= d);
             if ingest.done() || out_of_time || STOP.load(Ordering::SeqCst) {
+                if let Feed::Serve(front) = &config.feed {
+                    front.stop();
+                }
                 // Closing the inputs lets the frontier run to the end.
                 inputs = None;
             }

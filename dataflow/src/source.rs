@@ -36,6 +36,8 @@ pub enum Feed {
         /// Stop once the topic's end offsets at start are reached.
         drain: bool,
     },
+    /// Clients of the serving front end (`--serve`), until the run is stopped.
+    Serve(Arc<crate::serve::Front>),
 }
 
 /// One worker's ingestion.
@@ -164,6 +166,7 @@ impl Ingest {
                 Feed::Lines(lines) => self.global(self.made) >= lines.len() as u64,
                 Feed::None => true,
                 Feed::Kafka { .. } => self.kafka.as_ref().is_some_and(|k| k.drained()),
+                Feed::Serve(_) => false,
             }
     }
 
@@ -220,6 +223,24 @@ impl Ingest {
                 self.next_offset += 1;
             }
         }
+        let mut served = Vec::new();
+        if let Feed::Serve(front) = &self.feed {
+            for p in front.take(self.partition, budget.saturating_sub(out.len())) {
+                let rec = SourceRecord {
+                    ingest_us: now,
+                    bytes: p.bytes,
+                };
+                self.log.append(&mut batch, self.partition, self.next_offset, &rec);
+                if let Some(id) = &p.id {
+                    // Logged with the request: a retry with this id finds it, even after a restart.
+                    let at = (self.partition, self.next_offset);
+                    batch.put(self.log.store(), Cf::Meta, &hams_storage::schema::request_id_key(id), &at);
+                }
+                out.push((self.next_offset, rec));
+                served.push((self.next_offset, p.reply));
+                self.next_offset += 1;
+            }
+        }
         while out.len() < budget && !self.exhausted() {
             let k = self.made;
             let (bytes, ingest_us) = match &self.feed {
@@ -233,7 +254,7 @@ impl Ingest {
                     (req.encode_binary(), due.map_or(now, |d| run_start_us + d))
                 }
                 Feed::Lines(lines) => (lines[self.global(k) as usize].clone(), now),
-                Feed::None | Feed::Kafka { .. } => break,
+                Feed::None | Feed::Kafka { .. } | Feed::Serve(_) => break,
             };
             let rec = SourceRecord { ingest_us, bytes };
             self.log.append(&mut batch, self.partition, self.next_offset, &rec);
@@ -242,6 +263,10 @@ impl Ingest {
             self.made += 1;
         }
         self.log.store().commit(batch, self.sync)?;
+        // Before the requests enter the dataflow, so no release can pass their clients by.
+        for (offset, reply) in served {
+            let _ = reply.send(Ok((offset, hams_operators::ops::answers::wait(self.partition, offset))));
+        }
         Ok(out)
     }
 

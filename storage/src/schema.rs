@@ -19,11 +19,25 @@
 //! | `meta` | [`COMMIT_KEY`] | number of the last commit mirrored to the successor (`u64`) |
 //! | `meta` | [`RUN_KEY`] | id of the supervised run that last wrote here (`String`) |
 //! | `meta` | [`feed_start_key`] (partition) | the partition's log end when that run began (`u64`) |
+//! | `meta` | [`request_id_key`] (client id) | where a served request was logged: `(partition, offset)` |
+//! | `meta` | [`answer_key`] (partition, offset) | where its result is in the output topic (`u64`), for retries |
 
 pub use hams_protocol::records::{Execution, GraphShape, LineageRecord, OutputRecord, SessionState, SourceRecord};
 pub use hams_protocol::{Incarnation, ModelId, Seq, SessionId};
 
 use crate::store::Cf;
+
+/// Meta key of a served request's client id (the exactly-once key of retries).
+pub fn request_id_key(id: &str) -> Vec<u8> {
+    format!("serve/id/{id}").into_bytes()
+}
+
+/// Meta key of the output-topic offset holding the result of source `(partition, offset)`.
+pub fn answer_key(partition: u32, offset: u64) -> Vec<u8> {
+    let mut k = b"serve/answer/".to_vec();
+    k.extend_from_slice(&log_key(partition, offset));
+    k
+}
 
 /// Meta key of the format record.
 pub const FORMAT_KEY: &[u8] = b"format";

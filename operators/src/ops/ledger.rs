@@ -96,8 +96,17 @@ impl Ledger {
                 continue;
             }
             rec.release_us = now;
-            self.output
-                .append(&mut batch, self.partition, self.next_out + fresh.len() as u64, &rec);
+            let at = self.next_out + fresh.len() as u64;
+            self.output.append(&mut batch, self.partition, at, &rec);
+            if super::answers::serving() {
+                // A client retrying this request later reads its answer from there.
+                batch.put(
+                    &self.store,
+                    Cf::Meta,
+                    &hams_storage::schema::answer_key(self.partition, offset),
+                    &at,
+                );
+            }
             fresh.push((offset, rec));
         }
         let pairs: Vec<(u64, hams_protocol::Seq)> = fresh.iter().map(|(o, r)| (*o, r.seq)).collect();

@@ -14,6 +14,7 @@
 //! [`faults`] the planned fault injection and [`telemetry`] what is reported
 //! about executors; neither reaches the protocol's records.
 
+pub mod answers;
 pub mod backup;
 pub mod caps;
 pub mod control;

@@ -140,6 +140,9 @@ impl<'scope> Release<'scope> for Stream<'scope, Time, Vec<Envelope>> {
                             stats.suppressed = done.suppressed;
                             stats.first_us = (!done.records.is_empty()).then_some(done.at_us);
                             for rec in &done.records {
+                                if super::answers::serving() {
+                                    super::answers::released(ledger.partition, rec);
+                                }
                                 let latency = done.at_us.saturating_sub(rec.ingest_us);
                                 crate::metrics::metrics().released(latency, rec.outcome.is_err());
                                 stats.released += 1;

@@ -1,0 +1,242 @@
+//! The serving front end, driven by real HTTP clients (ureq and curl):
+//! Open Inference Protocol metadata and inference, sequences as sessions,
+//! answers only once released, exactly once across client retries and a
+//! failover, and clear 4xx answers to bad requests while serving goes on.
+
+use std::time::Duration;
+
+use hams::dataflow::reference::Reference;
+use hams::storage::{Request, Values};
+use serde_json::{json, Value};
+
+mod common;
+
+/// A served run of `graph` (2 workers) with `extra` flags; its address.
+fn serve(graph: &str, data: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    let port = common::port_pairs(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    let g = common::graph(graph);
+    let child = common::spawn_group(
+        common::hams()
+            .args([
+                "run",
+                "--graph",
+                g.to_str().unwrap(),
+                "-w",
+                "2",
+                "--json",
+                "--serve",
+                &addr,
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(extra),
+    );
+    common::await_event("the server to be ready", Duration::from_secs(60), || {
+        (common::fetch_status(&addr, "/v2/health/ready") == Some(200)).then_some(())
+    });
+    (child, addr)
+}
+
+/// Stops a served run as Ctrl-C does and returns its summary.
+fn stop(child: std::process::Child) -> Value {
+    // SAFETY: signals our own child's process group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let out = common::finish_within(child, common::RUN_LIMIT);
+    common::assert_success(&out, &["serve"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().rev().find(|l| l.starts_with('{')).expect("a summary")).unwrap()
+}
+
+fn post(addr: &str, model: &str, body: &Value) -> (u16, Value) {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(20)).build();
+    let json = |r: ureq::Response| {
+        r.into_string()
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let req = agent
+        .post(&format!("http://{addr}/v2/models/{model}/infer"))
+        .set("Content-Type", "application/json");
+    match req.send_string(&body.to_string()) {
+        Ok(r) => (r.status(), json(r)),
+        Err(ureq::Error::Status(code, r)) => (code, json(r)),
+        Err(e) => (0, json!({ "transport": e.to_string() })),
+    }
+}
+
+fn features(session: u64, step: u64) -> Vec<f32> {
+    (0..16)
+        .map(|i| (((session * 131 + step * 17 + i) % 97) as f32 / 48.5) - 1.0)
+        .collect()
+}
+
+fn request(session: u64, step: u64, steps: u64) -> Value {
+    json!({
+        "id": format!("s{session}-{step}"),
+        "parameters": { "sequence_id": session, "sequence_start": step == 0, "sequence_end": step + 1 == steps },
+        "inputs": [{ "name": "INPUT", "shape": [1, 16], "datatype": "FP32", "data": features(session, step) }],
+    })
+}
+
+fn output(v: &Value) -> Vec<f32> {
+    v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn sequences_are_answered_exactly_once_across_retries_and_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, addr) = serve("chain", &data, &["--kill", "tracker@60"]);
+    let meta: Value = serde_json::from_str(&common::fetch(&addr, "/v2/models/chain").unwrap()).unwrap();
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 16]), "{meta}");
+    assert_eq!(meta["outputs"][0]["shape"], json!([-1, 4]), "{meta}");
+    // Eight clients, one sequence each, retrying with the same id until answered.
+    let (sessions, steps) = (8u64, 20u64);
+    let answers: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=sessions)
+            .map(|session| {
+                let addr = &addr;
+                s.spawn(move || {
+                    (0..steps)
+                        .map(|step| {
+                            let body = request(session, step, steps);
+                            let first = loop {
+                                match post(addr, "chain", &body) {
+                                    (200, v) => break v,
+                                    (0 | 429 | 503 | 504, _) => std::thread::sleep(Duration::from_millis(20)),
+                                    (code, v) => panic!("session {session} step {step}: {code} {v}"),
+                                }
+                            };
+                            // A retry after the answer: the same answer, nothing run again.
+                            if step % 5 == 2 {
+                                let (code, again) = post(addr, "chain", &body);
+                                assert_eq!((code, output(&again)), (200, output(&first)), "retry of s{session}-{step}");
+                            }
+                            output(&first)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let s = stop(child);
+    // Every id logged once and released once, through a failover of the stateful model.
+    assert_eq!(
+        (s["accepted"].as_u64(), s["released"].as_u64()),
+        (Some(sessions * steps), Some(sessions * steps)),
+        "{s}"
+    );
+    assert_eq!(
+        (s["lost"].as_u64(), s["duplicated"].as_u64(), s["errors"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["consistent"], true, "{s}");
+    assert!(
+        s["recoveries"].as_u64().unwrap() >= 1,
+        "the kill should have caused a recovery: {s}"
+    );
+    // Retries after a restart on the same data directory: the same answers, read back, nothing run.
+    let (child, addr) = serve("chain", &data, &[]);
+    for (session, step) in [(1, 0), (4, 7), (8, steps - 1)] {
+        let (code, again) = post(&addr, "chain", &request(session, step, steps));
+        assert_eq!(code, 200, "{again}");
+        assert_eq!(
+            output(&again),
+            answers[(session - 1) as usize][step as usize],
+            "s{session}-{step} after a restart"
+        );
+    }
+    let s = stop(child);
+    assert_eq!(s["accepted"], 0, "a retry was logged again: {s}");
+    // The answers are a fault-free evaluation's, step by step.
+    let chain = hams::GraphDef::from_file(&common::graph("chain")).unwrap().build().unwrap();
+    let mut reference = Reference::new(&chain).unwrap();
+    let mut seq = 0;
+    for session in 1..=sessions {
+        for step in 0..steps {
+            let r = Request {
+                session: Some(session),
+                start: step == 0,
+                end: step + 1 == steps,
+                input: Values::F32(features(session, step)),
+            };
+            seq += 1;
+            let Ok(Values::F32(want)) = reference.eval(seq, &r.encode_binary()) else {
+                panic!("reference failed")
+            };
+            let got = &answers[(session - 1) as usize][step as usize];
+            assert!(
+                got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())),
+                "s{session} step {step}: {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_and_serving_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = serve("chain", &dir.path().join("data"), &[]);
+    let url = format!("http://{addr}/v2/models/chain/infer");
+    let curl = |args: &[&str]| -> (u16, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-H", "Content-Type: application/json"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_string())
+    };
+    let tensor =
+        |name: &str, shape: Value, datatype: &str| json!([{ "name": name, "shape": shape, "datatype": datatype, "data": vec![0.25; 16] }]);
+    let body = |inputs: Value, parameters: Value| json!({ "inputs": inputs, "parameters": parameters }).to_string();
+    let good_inputs = tensor("INPUT", json!([1, 16]), "FP32");
+    let good = body(good_inputs.clone(), json!({ "sequence_id": 3, "sequence_start": true }));
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "not an inference request"),
+        (body(tensor("INPUT", json!([1, 16]), "BYTES"), json!({})), 400, "datatype BYTES"),
+        (
+            body(tensor("INPUT", json!([1, 15]), "FP32"), json!({})),
+            400,
+            "does not hold one request",
+        ),
+        (body(tensor("IMAGE", json!([1, 16]), "FP32"), json!({})), 400, "unknown input"),
+        (body(good_inputs.clone(), json!({ "sequence_id": 99 })), 400, "UnknownSession"),
+        (
+            body(good_inputs.clone(), json!({ "sequence_start": true })),
+            400,
+            "without a sequence_id",
+        ),
+    ];
+    for (body, code, needle) in &cases {
+        let (got, text) = curl(&["-d", body, &url]);
+        assert_eq!(got, *code, "{body}: {text}");
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    let (got, text) = curl(&["-d", &good, &format!("http://{addr}/v2/models/nosuchmodel/infer")]);
+    assert!(got == 404 && text.contains("unknown model"), "{got} {text}");
+    let big = format!("{{\"inputs\": [{{\"data\": [{}]}}]}}", "0.5,".repeat(20 << 20));
+    let path = dir.path().join("big.json");
+    std::fs::write(&path, big).unwrap();
+    let (got, _) = curl(&["--data-binary", &format!("@{}", path.display()), &url]);
+    assert_eq!(got, 413, "an oversized body");
+    // And it still serves.
+    let (got, text) = curl(&["-d", &good, &url]);
+    assert_eq!(got, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["outputs"][0]["shape"], json!([1, 4]), "{v}");
+    assert_eq!(common::fetch_status(&addr, "/v2/health/live"), Some(200));
+    let s = stop(child);
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["consistent"], true, "{s}");
+}
