@@ -240,3 +240,59 @@ fn bad_requests_get_clear_4xx_and_serving_goes_on() {
     assert_eq!(s["lost"], 0, "{s}");
     assert_eq!(s["consistent"], true, "{s}");
 }
+
+#[test]
+fn tritons_own_http_client_is_served() {
+    let Ok(python) = std::env::var("HAMS_TRITON_PYTHON") else {
+        eprintln!("SKIPPED: HAMS_TRITON_PYTHON is not set (scripts/test installs tritonclient and sets it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = serve("chain", &dir.path().join("data"), &[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/triton_http.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args([&addr, "chain"])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "tritonclient failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(
+        (&seen["live"], &seen["ready"], &seen["model_ready"]),
+        (&json!(true), &json!(true), &json!(true)),
+        "{seen}"
+    );
+    assert_eq!(seen["metadata"]["outputs"][0]["shape"], json!([-1, 4]), "{seen}");
+    assert!(seen["unknown_model"].as_str().unwrap().contains("unknown model"), "{seen}");
+    // Its answers are the reference's for the same sequence, and retries got the same.
+    let chain = hams::GraphDef::from_file(&common::graph("chain")).unwrap().build().unwrap();
+    let mut reference = Reference::new(&chain).unwrap();
+    for (step, o) in seen["outputs"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(o["retry_same"], true, "{o}");
+        let input: Vec<f32> = o["input"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let r = Request {
+            session: Some(11),
+            start: step == 0,
+            end: step == 2,
+            input: Values::F32(input),
+        };
+        let Ok(Values::F32(want)) = reference.eval(step as u64, &r.encode_binary()) else {
+            panic!("reference failed")
+        };
+        let got: Vec<f32> = o["output"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())),
+            "step {step}: {got:?} vs {want:?}"
+        );
+    }
+    let s = stop(child);
+    assert_eq!(
+        (s["accepted"].as_u64(), s["released"].as_u64(), s["errors"].as_u64()),
+        (Some(3), Some(3), Some(0)),
+        "{s}"
+    );
+}
