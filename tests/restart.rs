@@ -23,6 +23,10 @@ fn kill_mid_run(data: &std::path::Path, released: f64) {
         "--rate",
         "500",
         "--nondeterministic",
+        // Slow backups hold every result ~100 ms, so the kill always leaves
+        // logged requests unreleased (the restart must replay them).
+        "--backup-delay-ms",
+        "100",
         "--metrics-addr",
         &addr,
         "--data-dir",
