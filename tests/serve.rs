@@ -268,6 +268,7 @@ fn tritons_own_http_client_is_served() {
     );
     assert_eq!(seen["metadata"]["outputs"][0]["shape"], json!([-1, 4]), "{seen}");
     assert!(seen["unknown_model"].as_str().unwrap().contains("unknown model"), "{seen}");
+    assert_eq!(seen["binary_same"], true, "binary tensors answer as JSON ones do: {seen}");
     // Its answers are the reference's for the same sequence, and retries got the same.
     let chain = hams::GraphDef::from_file(&common::graph("chain")).unwrap().build().unwrap();
     let mut reference = Reference::new(&chain).unwrap();
@@ -292,7 +293,7 @@ fn tritons_own_http_client_is_served() {
     let s = stop(child);
     assert_eq!(
         (s["accepted"].as_u64(), s["released"].as_u64(), s["errors"].as_u64()),
-        (Some(3), Some(3), Some(0)),
+        (Some(5), Some(5), Some(0)),
         "{s}"
     );
 }

@@ -261,7 +261,56 @@ struct Tensor {
     name: String,
     shape: Vec<i64>,
     datatype: String,
+    /// The elements as JSON; absent when they come binary (`binary_data_size`).
+    #[serde(default)]
     data: Value,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+/// Header of the binary tensor extension: the length of the JSON part of the body.
+const JSON_LENGTH: &str = "inference-header-content-length";
+
+/// Splits a body of the binary tensor extension and puts each binary input's
+/// elements (little-endian, as its datatype says) into its `data`.
+fn binary_inputs(req: &mut InferRequest, mut rest: &[u8]) -> std::result::Result<(), String> {
+    for t in &mut req.inputs {
+        let Some(size) = t.parameters.get("binary_data_size") else {
+            continue;
+        };
+        let size = size.as_u64().ok_or("binary_data_size must be a byte count")? as usize;
+        if size > rest.len() {
+            return Err(format!(
+                "input {:?}: binary_data_size {size}, but {} bytes follow",
+                t.name,
+                rest.len()
+            ));
+        }
+        let (bytes, more) = rest.split_at(size);
+        rest = more;
+        let width = match t.datatype.as_str() {
+            "FP32" | "INT32" | "UINT32" => 4,
+            "FP64" | "INT64" | "UINT64" => 8,
+            other => return Err(format!("datatype {other}: the model's input is FP32 or INT32")),
+        };
+        if size % width != 0 {
+            return Err(format!("input {:?}: {size} bytes are not whole {} elements", t.name, t.datatype));
+        }
+        let values = bytes.chunks_exact(width).map(|b| match (t.datatype.as_str(), b.len()) {
+            ("FP32", _) => json!(f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            ("INT32", _) => json!(i32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            ("UINT32", _) => json!(u32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            ("FP64", _) => json!(f64::from_le_bytes(b.try_into().expect("8 bytes"))),
+            ("INT64", _) => json!(i64::from_le_bytes(b.try_into().expect("8 bytes"))),
+            _ => json!(u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        });
+        t.data = Value::Array(values.collect());
+    }
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} bytes after the binary inputs", rest.len()))
+    }
 }
 
 /// The elements of a tensor's `data`, flattened (OIP allows nesting).
@@ -328,14 +377,31 @@ fn convert(front: &Front, req: &InferRequest) -> std::result::Result<Request, St
     })
 }
 
-async fn infer(State(front): State<Arc<Front>>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+async fn infer(
+    State(front): State<Arc<Front>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if let Err(e) = known(&front, &name) {
         return *e;
     }
-    let req: InferRequest = match serde_json::from_slice(&body) {
+    // The binary tensor extension: a JSON header, then the inputs' bytes.
+    let split = match headers
+        .get(JSON_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.parse::<usize>().ok()))
+    {
+        None => body.len(),
+        Some(Some(n)) if n <= body.len() => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, format!("{JSON_LENGTH} is not a length within the body")),
+    };
+    let mut req: InferRequest = match serde_json::from_slice(&body[..split]) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an inference request: {e}")),
     };
+    if let Err(e) = binary_inputs(&mut req, &body[split..]) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let request = match convert(&front, &req) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),

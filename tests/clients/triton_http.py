@@ -27,6 +27,15 @@ for step in range(3):
     # A retry with the same id: the same answer.
     again = c.infer(model, [inp], outputs=[out], **kw).as_numpy("OUTPUT")
     seen["outputs"].append({"input": x[0].tolist(), "output": first[0].tolist(), "retry_same": bool((first == again).all())})
+# The binary tensor extension (tritonclient's default): the same answer as JSON tensors.
+x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+answers = []
+for seq, binary in [(21, False), (22, True)]:
+    inp = httpclient.InferInput("INPUT", [1, 16], "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = httpclient.InferRequestedOutput("OUTPUT", binary_data=binary)
+    answers.append(c.infer(model, [inp], outputs=[out], sequence_id=seq, sequence_start=True).as_numpy("OUTPUT"))
+seen["binary_same"] = bool((answers[0] == answers[1]).all())
 try:
     c.infer("no_such_model", [inp])
     seen["unknown_model"] = "accepted"
