@@ -158,43 +158,22 @@ pub(crate) fn start(front: &Arc<Front>, addr: &str, store: Arc<Store>, partition
     f.total.store(total.max(1) as u64, Ordering::SeqCst);
     let _ = f.store.set(store);
     answers::enable();
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("hams-serve")
-        .enable_all()
-        .build()?;
-    let state = front.clone();
-    std::thread::Builder::new().name("hams-serve".into()).spawn(move || {
-        rt.block_on(async move {
-            let app = Router::new()
-                .route("/v2", get(server_metadata))
-                .route("/v2/health/live", get(|| async { StatusCode::OK }))
-                .route("/v2/health/ready", get(ready))
-                .route("/v2/models/{name}", get(model_metadata))
-                .route("/v2/models/{name}/ready", get(model_ready))
-                .route("/v2/models/{name}/infer", post(infer))
-                .fallback(|| async {
-                    error(
-                        StatusCode::NOT_FOUND,
-                        "no such endpoint (the Open Inference Protocol's are under /v2)",
-                    )
-                })
-                .layer(DefaultBodyLimit::max(MAX_BODY))
-                .with_state(state);
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => {
-                    if let Err(e) = axum::serve(l, app).await {
-                        tracing::error!(error = %e, "the front end stopped");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "the front end could not start"),
-            }
+    let app = Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (the Open Inference Protocol's are under /v2)",
+            )
         })
-    })?;
-    Ok(bound)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(front.clone());
+    hams_operators::metrics::serve_http("hams-serve", addr, 2, app)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -298,24 +298,36 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 pub fn serve(addr: &str) -> std::io::Result<SocketAddr> {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
+    let scrape = || async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics().render()) };
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .route("/", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
+    serve_http("hams-metrics", addr, 1, app)
+}
+
+/// Serves `app` on `addr` from a thread of its own (a tokio runtime with
+/// `threads` workers), so the timely workers never wait on a client;
+/// returns the bound address.
+pub fn serve_http(name: &str, addr: &str, threads: usize, app: axum::Router) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("hams-metrics".into()).spawn(move || {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .build()?;
+    let what = name.to_string();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         rt.block_on(async move {
-            let scrape = || async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics().render()) };
-            let app = axum::Router::new()
-                .route("/metrics", get(scrape))
-                .route("/", get(scrape))
-                .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => {
                     if let Err(e) = axum::serve(l, app).await {
-                        tracing::error!(error = %e, "metrics server stopped");
+                        tracing::error!(server = %what, error = %e, "HTTP server stopped");
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "metrics server could not start"),
+                Err(e) => tracing::error!(server = %what, error = %e, "HTTP server could not start"),
             }
         })
     })?;
