@@ -52,14 +52,21 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<Logged>,
 }
 
+/// What a process serves: its partitions (`first..`, of `total`), their
+/// queues, and the store its answers are read back from.
+struct Serving {
+    first: u32,
+    total: u32,
+    queues: Vec<Mutex<VecDeque<Pending>>>,
+    store: Arc<Store>,
+}
+
 /// The front end of one process: its partitions' queues and what the HTTP
 /// handlers need to answer.
 pub struct Front {
     addr: String,
-    queues: OnceLock<Vec<Mutex<VecDeque<Pending>>>>,
-    first: AtomicU64,
-    total: AtomicU64,
-    store: OnceLock<Arc<Store>>,
+    /// Set once, when the process's store is open.
+    serving: OnceLock<Serving>,
     /// Ids queued but not yet logged: later arrivals with the same id wait for the first.
     inflight: Mutex<HashMap<String, Followers>>,
     next: AtomicU64,
@@ -88,10 +95,7 @@ impl Front {
         };
         Arc::new(Front {
             addr: addr.to_string(),
-            queues: OnceLock::new(),
-            first: AtomicU64::new(0),
-            total: AtomicU64::new(1),
-            store: OnceLock::new(),
+            serving: OnceLock::new(),
             inflight: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -131,14 +135,14 @@ impl Front {
     }
 
     fn queue(&self, partition: u32) -> Option<&Mutex<VecDeque<Pending>>> {
-        let i = (partition as u64).checked_sub(self.first.load(Ordering::Relaxed))?;
-        self.queues.get()?.get(i as usize)
+        let s = self.serving.get()?;
+        s.queues.get(partition.checked_sub(s.first)? as usize)
     }
 
     /// No new requests from here on (the run drains); those not yet logged are refused.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        for q in self.queues.get().into_iter().flatten() {
+        for q in self.serving.get().into_iter().flat_map(|s| &s.queues) {
             q.lock().expect("poisoned").clear();
         }
     }
@@ -147,16 +151,15 @@ impl Front {
 /// Starts serving `front` for this process's `partitions` (of `total`),
 /// reading answers back from `store`; returns the bound address.
 pub(crate) fn start(front: &Arc<Front>, addr: &str, store: Arc<Store>, partitions: &[u32], total: u32) -> std::io::Result<SocketAddr> {
-    let f = front;
-    if f.queues
-        .set(partitions.iter().map(|_| Mutex::new(VecDeque::new())).collect())
-        .is_err()
-    {
+    let serving = Serving {
+        first: partitions.first().copied().unwrap_or(0),
+        total: total.max(1),
+        queues: partitions.iter().map(|_| Mutex::new(VecDeque::new())).collect(),
+        store,
+    };
+    if front.serving.set(serving).is_err() {
         return Err(std::io::Error::other("the front end is already serving"));
     }
-    f.first.store(partitions.first().copied().unwrap_or(0) as u64, Ordering::SeqCst);
-    f.total.store(total.max(1) as u64, Ordering::SeqCst);
-    let _ = f.store.set(store);
     answers::enable();
     let app = Router::new()
         .route("/v2", get(server_metadata))
@@ -424,7 +427,8 @@ type Failed = (StatusCode, String);
 /// The released result of `request`: logged once per id, answered once released.
 async fn answer_of(front: &Front, id: Option<String>, request: Request) -> std::result::Result<OutputRecord, Failed> {
     let unavailable = |m: &str| (StatusCode::SERVICE_UNAVAILABLE, m.to_string());
-    let store = front.store.get().ok_or_else(|| unavailable("starting"))?;
+    let serving = front.serving.get().ok_or_else(|| unavailable("starting"))?;
+    let store = &serving.store;
     if let Some(id) = &id {
         if let Some((p, o)) = store
             .get::<(u32, u64)>(Cf::Meta, &request_id_key(id))
@@ -457,14 +461,10 @@ async fn answer_of(front: &Front, id: Option<String>, request: Request) -> std::
         forget(front, id.as_deref(), None);
         return Err(unavailable("the service is stopping"));
     }
-    let total = front.total.load(Ordering::Relaxed);
     let partition = match request.session {
-        Some(s) => s % total,
-        None => {
-            front.first.load(Ordering::Relaxed)
-                + front.next.fetch_add(1, Ordering::Relaxed) % front.queues.get().map_or(1, Vec::len).max(1) as u64
-        }
-    } as u32;
+        Some(s) => (s % serving.total as u64) as u32,
+        None => serving.first + (front.next.fetch_add(1, Ordering::Relaxed) % serving.queues.len().max(1) as u64) as u32,
+    };
     let Some(queue) = front.queue(partition) else {
         forget(front, id.as_deref(), None);
         return Err((
