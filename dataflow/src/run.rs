@@ -259,6 +259,7 @@ fn fault_reports(plan: &Plan, config: &RunConfig, log: &FaultLog, totals: &Total
         reports.push(FaultReport {
             fault: format!("kill process {}@{}", f.process, f.at),
             injected: at.is_some(),
+            view: None,
             recovery_ms: recovered,
             // Only the offered rate is a baseline here: the releases before the kill were another life's.
             throughput_back_ms: at
@@ -274,16 +275,24 @@ fn executor_fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals, rate: Op
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let injected = log.injected.get(&i).copied();
+            let hit = log.injected.get(&i).copied();
+            let injected = hit.map(|(at, _)| at);
             let stateful = plan.graph.nodes[f.model as usize].spec.is_stateful();
-            let recovered = injected.and_then(|at| {
+            let mut view = None;
+            let recovered = hit.and_then(|(at, inc)| {
                 if stateful && f.role == Role::Primary && plan.mode.replicates() {
-                    // The first recovery of this model after the injection, then its first release.
-                    let inc = log.recoveries.iter().find(|(_, m, _, t)| *m == f.model && *t >= at).map(|r| r.2)?;
+                    // The view change that replaced the incarnation hit (another
+                    // fault's may have, before this one's report came in), then
+                    // the model's first release from a later incarnation.
+                    let (v, _, inc, _) = log
+                        .recoveries
+                        .iter()
+                        .find(|(_, m, i, t)| *m == f.model && inc.map_or(*t >= at, |hit| *i > hit))?;
+                    view = Some(*v);
                     totals
                         .first_release
                         .iter()
-                        .filter(|((m, i), _)| *m == f.model && *i >= inc)
+                        .filter(|((m, i), _)| *m == f.model && *i >= *inc)
                         .map(|(_, t)| *t)
                         .min()
                 } else {
@@ -293,6 +302,7 @@ fn executor_fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals, rate: Op
             FaultReport {
                 fault: describe_fault(&plan.graph, f),
                 injected: injected.is_some(),
+                view,
                 recovery_ms: injected.zip(recovered).map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0),
                 throughput_back_ms: injected.and_then(|t| totals.throughput_back_ms(t, rate)),
             }
@@ -594,7 +604,7 @@ fn worker_main(worker: &mut timely::worker::Worker, plan: &Arc<Plan>, config: &R
         peers,
         plan.placement.cluster.processes,
         fault_reports(plan, config, &log, &totals),
-        log.recoveries.len() as u64,
+        log.recoveries.iter().map(|r| r.0).collect::<std::collections::BTreeSet<_>>().len() as u64,
     );
     summary.executors_rss_mb = executors_rss_mb;
     summary.consistent = consistent;

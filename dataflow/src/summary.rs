@@ -234,6 +234,11 @@ pub struct FaultReport {
     pub fault: String,
     /// Whether it was injected.
     pub injected: bool,
+    /// The view change that replaced the stateful primary it hit; one view
+    /// change can answer two faults (a kill downstream while an upstream
+    /// model's recovery already replaces it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<u64>,
     /// Injection to the first result released from the promoted replica
     /// (stateful primary), or to the replacement executor being ready
     /// (stateless executor or backup spare), in ms.

@@ -30,8 +30,10 @@ impl<'scope> Coordinate<'scope> for Stream<'scope, Time, Vec<Failed>> {
                     for f in data.flat_map(|d| d.drain(..)) {
                         let Some(r) = coordinator.on_failed(&f) else { continue };
                         tracing::warn!(view = %r.view, model = %f.model, inc = %f.inc, reason = %f.reason, roles = ?r.roles, "recovering");
-                        let inc = r.roles.first().map_or(0, |ro| ro.inc.0);
-                        log.borrow_mut().recoveries.push((r.view.0, f.model.0, inc, now_us()));
+                        let now = now_us();
+                        log.borrow_mut()
+                            .recoveries
+                            .extend(r.roles.iter().map(|ro| (r.view.0, ro.model.0, ro.inc.0, now)));
                         session.give(r);
                     }
                 });

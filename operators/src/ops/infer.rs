@@ -307,7 +307,12 @@ pub(crate) fn inject(
         }
         ctl.faults.fired.insert(fault);
         recovering.push(fault);
-        telemetry.push(Telemetry::Injected { fault, at_us: now_us() });
+        let inc = ctl.table.try_placement(hams_protocol::ids::ModelId(model)).map(|p| p.inc.0);
+        telemetry.push(Telemetry::Injected {
+            fault,
+            at_us: now_us(),
+            inc,
+        });
         let next = ctl.table.view().0 + 1;
         crate::metrics::metrics().phase(next, crate::metrics::Phase::Injected, now_us());
     }

@@ -16,6 +16,10 @@ pub enum Telemetry {
         fault: usize,
         /// When (µs since the Unix epoch).
         at_us: u64,
+        /// The incarnation the target executor served (stateful models), so
+        /// the recovery that replaced it is known even if another fault's
+        /// view change replaced it first.
+        inc: Option<u32>,
     },
     /// A stateless or spare executor hit by fault `fault` is serving again.
     Respawned {
@@ -74,11 +78,13 @@ pub struct Audit {
 /// Fault injections and recoveries as worker 0 saw them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultLog {
-    /// Injection time of each fired fault (µs since the Unix epoch).
-    pub injected: BTreeMap<usize, u64>,
+    /// Injection time of each fired fault (µs since the Unix epoch), and
+    /// the incarnation it hit (stateful models).
+    pub injected: BTreeMap<usize, (u64, Option<u32>)>,
     /// Respawn time of stateless or spare executors hit by a fault.
     pub respawned: BTreeMap<usize, u64>,
-    /// Recoveries: (view, failed model, incarnation it got, time announced).
+    /// Recoveries, one entry per model a view change gave a new
+    /// incarnation: (view, model, incarnation it got, time announced).
     pub recoveries: Vec<(u64, u16, u32, u64)>,
     /// Peak memory of each executor process, MiB, reported as they shut down.
     pub executor_rss_mb: BTreeMap<String, f64>,

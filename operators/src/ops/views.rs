@@ -94,8 +94,8 @@ impl<'scope> Views<'scope> for Scope<'scope, Time> {
                         }
                         let mut log = log.borrow_mut();
                         match t {
-                            Telemetry::Injected { fault, at_us } => {
-                                log.injected.entry(fault).or_insert(at_us);
+                            Telemetry::Injected { fault, at_us, inc } => {
+                                log.injected.entry(fault).or_insert((at_us, inc));
                             }
                             Telemetry::Respawned { fault, at_us } => {
                                 log.respawned.entry(fault).or_insert(at_us);
