@@ -260,10 +260,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_verify: bool,
     /// Serve the graph to clients under the Open Inference Protocol (KServe v2)
-    /// over HTTP at this address (`HOST:PORT`; process N of a cluster adds N to
-    /// the port); requests then come from clients only, until Ctrl-C.
+    /// at this address (`HOST:PORT`; process N of a cluster adds N to the
+    /// port), HTTP/JSON and gRPC on the same port; requests then come from
+    /// clients only, until Ctrl-C.
     #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["input", "rate", "seed", "drain"])]
     pub serve: Option<String>,
+    /// Requests waiting to be logged, per partition, before clients get 429
+    /// (gRPC RESOURCE_EXHAUSTED) with Retry-After.
+    #[arg(long, default_value_t = 1024, value_parser = count(1, 1 << 20), requires = "serve")]
+    pub serve_queue: usize,
+    /// A recovery holding results longer than this turns new requests away
+    /// with 503 (gRPC UNAVAILABLE) and Retry-After; readiness is off while any recovery holds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000), requires = "serve")]
+    pub serve_hold_ms: u64,
     /// Serve Prometheus metrics at this address (`HOST:PORT`; process N of a cluster adds N to the port).
     #[arg(long)]
     pub metrics_addr: Option<String>,

@@ -158,7 +158,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let feed = match &args.input {
         None if args.serve.is_some() => {
             let addr = args.serve.as_deref().expect("matched");
-            Feed::Serve(hams_dataflow::serve::Front::new(addr, &graph))
+            Feed::Serve(hams_dataflow::serve::Front::new(
+                addr,
+                &graph,
+                hams_dataflow::serve::Limits {
+                    queue: args.serve_queue,
+                    hold: std::time::Duration::from_millis(args.serve_hold_ms),
+                },
+            ))
         }
         Some(path) => {
             let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

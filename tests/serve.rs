@@ -242,58 +242,154 @@ fn bad_requests_get_clear_4xx_and_serving_goes_on() {
 }
 
 #[test]
-fn tritons_own_http_client_is_served() {
+fn tritons_own_clients_are_served_over_http_and_grpc() {
     let Ok(python) = std::env::var("HAMS_TRITON_PYTHON") else {
         eprintln!("SKIPPED: HAMS_TRITON_PYTHON is not set (scripts/test installs tritonclient and sets it)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let (child, addr) = serve("chain", &dir.path().join("data"), &[]);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/triton_http.py");
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .args([&addr, "chain"])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "tritonclient failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-    assert_eq!(
-        (&seen["live"], &seen["ready"], &seen["model_ready"]),
-        (&json!(true), &json!(true), &json!(true)),
-        "{seen}"
-    );
-    assert_eq!(seen["metadata"]["outputs"][0]["shape"], json!([-1, 4]), "{seen}");
-    assert!(seen["unknown_model"].as_str().unwrap().contains("unknown model"), "{seen}");
-    assert_eq!(seen["binary_same"], true, "binary tensors answer as JSON ones do: {seen}");
-    // Its answers are the reference's for the same sequence, and retries got the same.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/triton_client.py");
     let chain = hams::GraphDef::from_file(&common::graph("chain")).unwrap().build().unwrap();
-    let mut reference = Reference::new(&chain).unwrap();
-    for (step, o) in seen["outputs"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(o["retry_same"], true, "{o}");
-        let input: Vec<f32> = o["input"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let r = Request {
-            session: Some(11),
-            start: step == 0,
-            end: step == 2,
-            input: Values::F32(input),
-        };
-        let Ok(Values::F32(want)) = reference.eval(step as u64, &r.encode_binary()) else {
-            panic!("reference failed")
-        };
-        let got: Vec<f32> = o["output"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    for protocol in ["http", "grpc"] {
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .args([protocol, &addr, "chain"])
+            .output()
+            .expect("python runs");
         assert!(
-            got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())),
-            "step {step}: {got:?} vs {want:?}"
+            out.status.success(),
+            "tritonclient ({protocol}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        let seen: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        assert_eq!(
+            (&seen["live"], &seen["ready"], &seen["model_ready"]),
+            (&json!(true), &json!(true), &json!(true)),
+            "{protocol}: {seen}"
+        );
+        assert_eq!(seen["metadata"]["outputs"][0]["shape"], json!([-1, 4]), "{protocol}: {seen}");
+        assert!(
+            seen["unknown_model"].as_str().unwrap().contains("unknown model"),
+            "{protocol}: {seen}"
+        );
+        assert!(
+            seen["wrong_shape"].as_str().unwrap().contains("does not hold one request"),
+            "{protocol}: {seen}"
+        );
+        assert!(
+            seen["never_started"].as_str().unwrap().contains("UnknownSession"),
+            "{protocol}: {seen}"
+        );
+        assert_eq!(
+            seen["binary_same"], true,
+            "binary tensors answer as JSON ones do: {protocol}: {seen}"
+        );
+        if protocol == "grpc" {
+            let garbage = seen["garbage"].as_str().unwrap();
+            assert!(garbage.starts_with("INTERNAL") && garbage.contains("decode"), "{seen}");
+            assert_eq!(seen["serves_after_garbage"], true, "{seen}");
+        }
+        // Its answers are the reference's for the same sequence, and retries got the same.
+        let mut reference = Reference::new(&chain).unwrap();
+        for (step, o) in seen["outputs"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(o["retry_same"], true, "{protocol}: {o}");
+            let input: Vec<f32> = o["input"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let r = Request {
+                session: Some(11),
+                start: step == 0,
+                end: step == 2,
+                input: Values::F32(input),
+            };
+            let Ok(Values::F32(want)) = reference.eval(step as u64, &r.encode_binary()) else {
+                panic!("reference failed")
+            };
+            let got: Vec<f32> = o["output"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())),
+                "{protocol} step {step}: {got:?} vs {want:?}"
+            );
+        }
     }
     let s = stop(child);
+    // Per protocol: 3 steps, 2 binary checks, the sequence never started (an
+    // error answer), and over gRPC one more after the garbage; no retry logged.
     assert_eq!(
         (s["accepted"].as_u64(), s["released"].as_u64(), s["errors"].as_u64()),
-        (Some(5), Some(5), Some(0)),
+        (Some(13), Some(13), Some(2)),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_burst_far_above_capacity_gets_429s_with_retry_after_and_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for 2 requests in flight per worker and 4 queued per partition: 12 in all.
+    let (child, addr) = serve("chain", &dir.path().join("data"), &["--max-inflight", "2", "--serve-queue", "4"]);
+    let (clients, each) = (96, 4);
+    let outcomes: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let addr = &addr;
+                s.spawn(move || {
+                    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                    (0..each)
+                        .map(|k| {
+                            let body = json!({
+                                "id": format!("burst-{c}-{k}"),
+                                // A one-step sequence each; every accepted request is
+                                // answered within the timeout, or gets a 504.
+                                "parameters": { "timeout": 20_000_000, "sequence_id": c * 10 + k + 1, "sequence_start": true, "sequence_end": true },
+                                "inputs": [{ "name": "INPUT", "shape": [1, 16], "datatype": "FP32", "data": features(c, k) }],
+                            });
+                            match agent
+                                .post(&format!("http://{addr}/v2/models/chain/infer"))
+                                .send_string(&body.to_string())
+                            {
+                                Ok(r) => (r.status(), None),
+                                Err(ureq::Error::Status(code, r)) => (code, r.header("Retry-After").map(str::to_string)),
+                                Err(e) => panic!("client {c}: {e}"),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let ok = outcomes.iter().filter(|(code, _)| *code == 200).count() as u64;
+    let busy: Vec<_> = outcomes.iter().filter(|(code, _)| *code == 429).collect();
+    assert!(!busy.is_empty(), "a burst of {} requests got no 429", clients * each);
+    assert!(
+        busy.iter().all(|(_, after)| after.as_deref() == Some("1")),
+        "every 429 says when to retry: {busy:?}"
+    );
+    assert_eq!(
+        ok + busy.len() as u64,
+        clients * each,
+        "only 200s and 429s: {:?}",
+        outcomes.iter().filter(|(c, _)| *c != 200 && *c != 429).collect::<Vec<_>>()
+    );
+    // It still serves once the burst is over.
+    let (code, v) = post(
+        &addr,
+        "chain",
+        &json!({
+            "parameters": { "sequence_id": 5000, "sequence_start": true },
+            "inputs": [{ "name": "INPUT", "shape": [1, 16], "datatype": "FP32", "data": features(1, 1) }],
+        }),
+    );
+    assert_eq!(code, 200, "{v}");
+    let s = stop(child);
+    // Everything accepted was answered, once; nothing refused was logged.
+    assert_eq!(
+        (
+            s["accepted"].as_u64(),
+            s["released"].as_u64(),
+            s["lost"].as_u64(),
+            s["duplicated"].as_u64()
+        ),
+        (Some(ok + 1), Some(ok + 1), Some(0), Some(0)),
         "{s}"
     );
 }

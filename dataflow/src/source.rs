@@ -225,10 +225,10 @@ impl Ingest {
         }
         let mut served = Vec::new();
         if let Feed::Serve(front) = &self.feed {
-            for p in front.take(self.partition, budget.saturating_sub(out.len())) {
+            for mut p in front.take(self.partition, budget.saturating_sub(out.len())) {
                 let rec = SourceRecord {
                     ingest_us: now,
-                    bytes: p.bytes,
+                    bytes: std::mem::take(&mut p.bytes),
                 };
                 self.log.append(&mut batch, self.partition, self.next_offset, &rec);
                 if let Some(id) = &p.id {
@@ -237,7 +237,7 @@ impl Ingest {
                     batch.put(self.log.store(), Cf::Meta, &hams_storage::schema::request_id_key(id), &at);
                 }
                 out.push((self.next_offset, rec));
-                served.push((self.next_offset, p.reply));
+                served.push((self.next_offset, p));
                 self.next_offset += 1;
             }
         }
@@ -264,8 +264,8 @@ impl Ingest {
         }
         self.log.store().commit(batch, self.sync)?;
         // Before the requests enter the dataflow, so no release can pass their clients by.
-        for (offset, reply) in served {
-            let _ = reply.send(Ok((offset, hams_operators::ops::answers::wait(self.partition, offset))));
+        for (offset, p) in served {
+            p.logged(self.partition, offset);
         }
         Ok(out)
     }

@@ -5,7 +5,7 @@
 //! still change.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use hams_storage::OutputRecord;
@@ -54,4 +54,24 @@ pub fn prune(partition: u32, offset: u64) {
             b.remove(&(partition, offset));
         }
     }
+}
+
+/// When (µs since the Unix epoch) a pending view change began holding
+/// releases in this process; 0 when none does.
+static HELD_SINCE: AtomicU64 = AtomicU64::new(0);
+
+/// A worker's view table has (`true`) or has no (`false`) view change
+/// pending; releases wait while one is.
+pub fn holding(pending: bool, now_us: u64) {
+    if pending {
+        let _ = HELD_SINCE.compare_exchange(0, now_us.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    } else {
+        HELD_SINCE.store(0, Ordering::Relaxed);
+    }
+}
+
+/// How long a recovery has held releases in this process, if one does.
+pub fn held_for() -> Option<std::time::Duration> {
+    let since = HELD_SINCE.load(Ordering::Relaxed);
+    (since != 0).then(|| std::time::Duration::from_micros(super::now_us().saturating_sub(since)))
 }

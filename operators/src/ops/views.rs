@@ -113,6 +113,7 @@ impl<'scope> Views<'scope> for Scope<'scope, Time> {
                     news = true;
                 }
                 if news {
+                    crate::ops::answers::holding(ctl.table.next_recover().is_some(), now_us());
                     ctl.wake();
                 }
             }

@@ -1,0 +1,12 @@
+//! Generates the Open Inference Protocol's gRPC service from its .proto,
+//! with a pure-Rust protobuf compiler (no protoc to install).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/inference.proto");
+    let fds = protox::compile(["inference.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! The serving front end (`hams run --serve ADDR`): the graph as one model
+//! under the Open Inference Protocol (KServe v2), over HTTP/JSON ([`http`])
+//! and gRPC ([`grpc`]) on the same port.
+//!
+//! A request enters the same durable source log as every other source, in
+//! the partition of its sequence (`sequence_id`, else round robin). Its
+//! answer goes out only once its result is released, so no failover can
+//! change an answer a client has seen. A request `id` makes it idempotent:
+//! the id is logged with the request, and a retry with the same id (after a
+//! timeout, a failover or a process restart) waits for, or reads back, the
+//! same answer; the request never runs twice.
+
+mod grpc;
+mod http;
+mod request;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use hams_operators::ops::answers;
+use hams_storage::schema::{answer_key, request_id_key};
+use hams_storage::{Cf, Log, OutputRecord, Request, Store, Values};
+use tokio::sync::oneshot;
+
+use crate::def::ElemType;
+use crate::graph::{Graph, Input};
+pub(crate) use request::Inference;
+
+/// How long a request waits for its answer unless it says (`timeout`, µs).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request body or gRPC message.
+const MAX_BODY: usize = 64 << 20;
+
+/// The front end's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests waiting to be logged, per partition, beyond which clients get 429.
+    pub queue: usize,
+    /// A recovery holding releases longer than this turns new requests away with 503.
+    pub hold: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            queue: 1024,
+            hold: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the worker tells a client once its request is logged.
+pub(crate) type Logged = std::result::Result<(u64, oneshot::Receiver<OutputRecord>), String>;
+
+/// Clients that sent an id already in flight: told where it was logged.
+type Followers = Vec<oneshot::Sender<(u32, u64)>>;
+
+/// Ids queued but not yet logged, with the requests that came again meanwhile.
+type Inflight = Arc<Mutex<HashMap<String, Followers>>>;
+
+/// A request on its way into the log.
+pub(crate) struct Pending {
+    /// The request in hams's wire form.
+    pub(crate) bytes: Vec<u8>,
+    /// The client's id, logged with it.
+    pub(crate) id: Option<String>,
+    /// Told where the request was logged, with the receiver of its answer.
+    pub(crate) reply: oneshot::Sender<Logged>,
+    /// Holds the id in flight until the worker logged the request or
+    /// dropped it (its client gone): a retry meanwhile follows this one
+    /// instead of logging the request twice.
+    pub(crate) lead: Option<Lead>,
+}
+
+impl Pending {
+    /// The request is logged at `(partition, offset)`: its client, and any
+    /// that sent the same id meanwhile, learn where.
+    pub(crate) fn logged(mut self, partition: u32, offset: u64) {
+        let _ = self.reply.send(Ok((offset, answers::wait(partition, offset))));
+        if let Some(lead) = self.lead.as_mut() {
+            lead.at = Some((partition, offset));
+        }
+    }
+}
+
+/// What a process serves: its partitions (`first..`, of `total`), their
+/// queues, and the store its answers are read back from.
+struct Serving {
+    first: u32,
+    total: u32,
+    queues: Vec<Mutex<VecDeque<Pending>>>,
+    store: Arc<Store>,
+}
+
+/// The front end of one process: its partitions' queues and what the
+/// handlers of both protocols need to answer.
+pub struct Front {
+    addr: String,
+    limits: Limits,
+    /// Set once, when the process's store is open.
+    serving: OnceLock<Serving>,
+    /// Ids queued but not yet logged: later arrivals with the same id wait for the first.
+    inflight: Inflight,
+    next: AtomicU64,
+    stopping: AtomicBool,
+    model: String,
+    input: (&'static str, Vec<usize>),
+    output_len: usize,
+    sessions: bool,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("addr", &self.addr)
+            .field("model", &self.model)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Why a request gets no answer: a status (HTTP's, mapped to a gRPC code
+/// for gRPC clients), a message, and when to retry if it is worth it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    /// Seconds after which a retry may succeed (429, 503).
+    pub(crate) retry_after: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unavailable(message: impl Into<String>) -> Self {
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+/// The model's answer, as both protocols send it.
+pub(crate) enum Output {
+    F32(Vec<f32>),
+    Int32(Vec<u32>),
+}
+
+impl Output {
+    fn of(rec: OutputRecord) -> Result<Output, Refusal> {
+        match rec.outcome {
+            Ok(Values::F32(v)) => Ok(Output::F32(v)),
+            Ok(Values::Tokens(t)) => Ok(Output::Int32(t)),
+            Err(e) => Err(Refusal::bad(format!("{:?} at {}: {}", e.kind, e.node, e.message))),
+        }
+    }
+
+    pub(crate) fn datatype(&self) -> &'static str {
+        match self {
+            Output::F32(_) => "FP32",
+            Output::Int32(_) => "INT32",
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Output::F32(v) => v.len(),
+            Output::Int32(v) => v.len(),
+        }
+    }
+
+    /// The elements, little-endian (the binary and raw forms of both protocols).
+    pub(crate) fn le_bytes(&self) -> Vec<u8> {
+        match self {
+            Output::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Output::Int32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+impl Front {
+    /// A front end for `graph` that will listen on `addr` (`HOST:PORT`).
+    pub fn new(addr: &str, graph: &Graph, limits: Limits) -> Arc<Front> {
+        let node_out = |i: &Input| match i {
+            Input::Source => graph.source.shape.iter().product(),
+            Input::Node(n) => graph.nodes[*n].spec.output_len,
+        };
+        Arc::new(Front {
+            addr: addr.to_string(),
+            limits,
+            serving: OnceLock::new(),
+            inflight: Inflight::default(),
+            next: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            model: graph.name.clone(),
+            input: (
+                if graph.source.input == ElemType::Tokens { "INT32" } else { "FP32" },
+                graph.source.shape.clone(),
+            ),
+            output_len: graph.sink.iter().map(node_out).sum(),
+            sessions: graph.source.sessions > 0 || graph.nodes.iter().any(|n| n.spec.is_stateful()),
+        })
+    }
+
+    /// Where process `process` serves: the given port + `process`.
+    pub(crate) fn address(&self, process: usize) -> crate::error::Result<String> {
+        use std::net::ToSocketAddrs;
+        let bad = |why: String| crate::error::Error::Config(format!("--serve {}: {why}", self.addr));
+        let mut sock = self
+            .addr
+            .to_socket_addrs()
+            .map_err(|e| bad(e.to_string()))?
+            .next()
+            .ok_or_else(|| bad("the host has no address".into()))?;
+        if sock.port() != 0 {
+            let port = u16::try_from(sock.port() as usize + process).map_err(|_| bad("no port left for this process".into()))?;
+            sock.set_port(port);
+        }
+        Ok(sock.to_string())
+    }
+
+    /// Up to `max` requests queued for `partition`, skipping those whose
+    /// clients went away before they were logged (cancelled: never run).
+    pub(crate) fn take(&self, partition: u32, max: usize) -> Vec<Pending> {
+        let Some(q) = self.queue(partition) else { return Vec::new() };
+        let mut q = q.lock().expect("poisoned");
+        let mut out = Vec::new();
+        while out.len() < max {
+            match q.pop_front() {
+                Some(p) if p.reply.is_closed() => {}
+                Some(p) => out.push(p),
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn queue(&self, partition: u32) -> Option<&Mutex<VecDeque<Pending>>> {
+        let s = self.serving.get()?;
+        s.queues.get(partition.checked_sub(s.first)? as usize)
+    }
+
+    /// No new requests from here on (the run drains); those not yet logged are refused.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for q in self.serving.get().into_iter().flat_map(|s| &s.queues) {
+            q.lock().expect("poisoned").clear();
+        }
+    }
+
+    /// Ready for requests: started, not stopping, and no recovery holding releases.
+    fn ready(&self) -> bool {
+        self.serving.get().is_some() && !self.stopping.load(Ordering::Relaxed) && answers::held_for().is_none()
+    }
+
+    fn known(&self, name: &str) -> Result<(), Refusal> {
+        if name == self.model {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown model {name:?}: this server serves {:?}", self.model),
+            ))
+        }
+    }
+
+    /// The shape of the model's input, with -1 for the batch.
+    fn input_shape(&self) -> Vec<i64> {
+        std::iter::once(-1).chain(self.input.1.iter().map(|d| *d as i64)).collect()
+    }
+
+    /// Answers one inference request of either protocol, within `deadline`
+    /// (the sooner of the request's `timeout` and the transport's).
+    pub(crate) async fn infer(&self, req: &Inference, deadline: Option<Duration>) -> Result<Output, Refusal> {
+        let request = request::convert(self, req)?;
+        let timeout = [req.timeout(), deadline].into_iter().flatten().min().unwrap_or(DEFAULT_TIMEOUT);
+        match tokio::time::timeout(timeout, self.answer_of(req.id.clone(), request)).await {
+            Ok(answer) => Output::of(answer?),
+            Err(_) => {
+                let hint = if req.id.is_some() {
+                    "; retry with the same id for its answer"
+                } else {
+                    ""
+                };
+                Err(Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("no answer within {timeout:?}{hint}"),
+                ))
+            }
+        }
+    }
+
+    /// The released result of `request`: logged once per id, answered once released.
+    async fn answer_of(&self, id: Option<String>, request: Request) -> Result<OutputRecord, Refusal> {
+        let serving = self.serving.get().ok_or_else(|| Refusal::unavailable("starting").retry_after(1))?;
+        let store = &serving.store;
+        if let Some(id) = &id {
+            if let Some((p, o)) = store.get::<(u32, u64)>(Cf::Meta, &request_id_key(id)).map_err(Refusal::internal)? {
+                return self.released(store, p, o).await;
+            }
+            let follow = {
+                let mut inflight = self.inflight.lock().expect("poisoned");
+                match inflight.get_mut(id) {
+                    Some(followers) => {
+                        let (tx, rx) = oneshot::channel();
+                        followers.push(tx);
+                        Some(rx)
+                    }
+                    None => {
+                        inflight.insert(id.clone(), Vec::new());
+                        None
+                    }
+                }
+            };
+            if let Some(rx) = follow {
+                let (p, o) = rx
+                    .await
+                    .map_err(|_| Refusal::unavailable("the first request with this id was not logged; retry").retry_after(1))?;
+                return self.released(store, p, o).await;
+            }
+        }
+        // From here this request leads its id, until it is logged or dropped.
+        let lead = id.map(|id| Lead {
+            inflight: self.inflight.clone(),
+            id,
+            at: None,
+        });
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(Refusal::unavailable("the service is stopping"));
+        }
+        if let Some(held) = answers::held_for().filter(|h| *h > self.limits.hold) {
+            return Err(Refusal::unavailable(format!("a recovery has held results for {} ms; retry", held.as_millis())).retry_after(1));
+        }
+        let partition = match request.session {
+            Some(s) => (s % serving.total as u64) as u32,
+            None => serving.first + (self.next.fetch_add(1, Ordering::Relaxed) % serving.queues.len().max(1) as u64) as u32,
+        };
+        let Some(queue) = self.queue(partition) else {
+            return Err(Refusal::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "sequence {} belongs to partition {partition}, served by another process of the cluster",
+                    request.session.unwrap_or(0)
+                ),
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = queue.lock().expect("poisoned");
+            if q.len() >= self.limits.queue {
+                return Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, "the admission queue is full; retry later").retry_after(1));
+            }
+            q.push_back(Pending {
+                bytes: request.encode_binary(),
+                id: lead.as_ref().map(|l| l.id.clone()),
+                reply: tx,
+                lead,
+            });
+        }
+        let logged = rx
+            .await
+            .map_err(|_| Refusal::unavailable("the service stopped before logging the request"))?;
+        let (_, answer) = logged.map_err(Refusal::internal)?;
+        answer
+            .await
+            .map_err(|_| Refusal::unavailable("the service stopped before the answer was released; retry with the same id"))
+    }
+
+    /// The answer of the request logged at `(p, o)`: read back if released, else awaited.
+    async fn released(&self, store: &Arc<Store>, p: u32, o: u64) -> Result<OutputRecord, Refusal> {
+        if self.queue(p).is_none() {
+            return Err(Refusal::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("this id was logged in partition {p}, served by another process"),
+            ));
+        }
+        // Wait first, then look: a release in between is then seen one way or the other.
+        let rx = answers::wait(p, o);
+        if let Some(at) = store.get::<u64>(Cf::Meta, &answer_key(p, o)).map_err(Refusal::internal)? {
+            drop(rx);
+            answers::prune(p, o);
+            return match Log::new(store.clone(), Cf::Output)
+                .read::<OutputRecord>(p, at, 1)
+                .map_err(Refusal::internal)?
+                .pop()
+            {
+                Some((_, rec)) if rec.offset == o => Ok(rec),
+                _ => Err(Refusal::new(
+                    StatusCode::GONE,
+                    "this id's answer is older than the output topic keeps (--retain-outputs)",
+                )),
+            };
+        }
+        rx.await
+            .map_err(|_| Refusal::unavailable("the service stopped before the answer was released; retry with the same id"))
+    }
+}
+
+/// The first request in flight with an id: when dropped (logged, refused,
+/// or its client gone before it was logged) the id leaves the in-flight
+/// set, and the requests that came with the same id meanwhile learn where
+/// it was logged, if it was.
+pub(crate) struct Lead {
+    inflight: Inflight,
+    id: String,
+    at: Option<(u32, u64)>,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let followers = self.inflight.lock().expect("poisoned").remove(&self.id).unwrap_or_default();
+        if let Some(at) = self.at {
+            for f in followers {
+                let _ = f.send(at);
+            }
+        }
+    }
+}
+
+/// Starts serving `front` for this process's `partitions` (of `total`),
+/// reading answers back from `store`; returns the bound address.
+pub(crate) fn start(front: &Arc<Front>, addr: &str, store: Arc<Store>, partitions: &[u32], total: u32) -> std::io::Result<SocketAddr> {
+    let serving = Serving {
+        first: partitions.first().copied().unwrap_or(0),
+        total: total.max(1),
+        queues: partitions.iter().map(|_| Mutex::new(VecDeque::new())).collect(),
+        store,
+    };
+    if front.serving.set(serving).is_err() {
+        return Err(std::io::Error::other("the front end is already serving"));
+    }
+    answers::enable();
+    // gRPC (HTTP/2, `application/grpc`) and HTTP/JSON share the port.
+    // (tonic's router brings a fallback of its own: ours replaces it after the merge.)
+    let app = http::router(front.clone())
+        .merge(grpc::router(front.clone()))
+        .fallback(http::not_found);
+    hams_operators::metrics::serve_http("hams-serve", addr, 2, app)
+}
