@@ -70,11 +70,23 @@ fn run_once(args: &BenchArgs, mode: Mode, data: &Path) -> Result<Value> {
 /// Raw inference: every model's forward passes back to back, in this process, no dataflow.
 /// Returns requests per second through the whole graph on one core.
 pub fn raw_throughput(graph: &Graph, requests: u64) -> Result<f64> {
+    let per_request_s = raw_seconds(graph, requests, false)?;
+    Ok(if per_request_s > 0.0 { 1.0 / per_request_s } else { 0.0 })
+}
+
+/// One request alone through every model's forward pass (batches of 1), in
+/// µs: the floor of a served request's latency at concurrency 1.
+pub fn raw_latency_us(graph: &Graph) -> Result<f64> {
+    Ok(raw_seconds(graph, 1000, true)? * 1e6)
+}
+
+/// Seconds per request of the graph's forward passes, in full batches or one by one.
+fn raw_seconds(graph: &Graph, requests: u64, one_by_one: bool) -> Result<f64> {
     let mut per_request_s = 0.0;
     for node in &graph.nodes {
         let spec = &node.spec;
         let mut m = model::load(spec)?;
-        let rows = node.batch.min(requests as usize).max(1);
+        let rows = if one_by_one { 1 } else { node.batch.min(requests as usize).max(1) };
         let state = vec![0.0f32; rows * spec.arch.state_len()];
         let feats: Vec<f32> = (0..rows * spec.input_len).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
         let tokens: Vec<u32> = (0..rows * spec.input_len).map(|i| (i % 7) as u32).collect();
@@ -96,7 +108,7 @@ pub fn raw_throughput(graph: &Graph, requests: u64) -> Result<f64> {
         }
         per_request_s += best;
     }
-    Ok(if per_request_s > 0.0 { 1.0 / per_request_s } else { 0.0 })
+    Ok(per_request_s)
 }
 
 /// Runs the benchmark; prints a table (stderr) and one JSON object (stdout with `--json`).
@@ -141,10 +153,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let raw = if args.raw {
-        Some(raw_throughput(&graph, args.requests)?)
+    let (raw, raw_batch1_us) = if args.raw {
+        (Some(raw_throughput(&graph, args.requests)?), Some(raw_latency_us(&graph)?))
     } else {
-        None
+        (None, None)
     };
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let mut report = serde_json::Map::new();
@@ -274,6 +286,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             "kill_process": args.workload.kill_process,
             "wipe": args.workload.wipe,
             "raw_rps": raw,
+            "raw_batch1_us": raw_batch1_us,
             "modes": report,
             "recovery_ratios": recovery_ratios,
         });

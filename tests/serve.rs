@@ -158,28 +158,7 @@ fn sequences_are_answered_exactly_once_across_retries_and_a_failover() {
     let s = stop(child);
     assert_eq!(s["accepted"], 0, "a retry was logged again: {s}");
     // The answers are a fault-free evaluation's, step by step.
-    let chain = hams::GraphDef::from_file(&common::graph("chain")).unwrap().build().unwrap();
-    let mut reference = Reference::new(&chain).unwrap();
-    let mut seq = 0;
-    for session in 1..=sessions {
-        for step in 0..steps {
-            let r = Request {
-                session: Some(session),
-                start: step == 0,
-                end: step + 1 == steps,
-                input: Values::F32(features(session, step)),
-            };
-            seq += 1;
-            let Ok(Values::F32(want)) = reference.eval(seq, &r.encode_binary()) else {
-                panic!("reference failed")
-            };
-            let got = &answers[(session - 1) as usize][step as usize];
-            assert!(
-                got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())),
-                "s{session} step {step}: {got:?} vs {want:?}"
-            );
-        }
-    }
+    assert_reference_answers(&answers, sessions, steps);
 }
 
 #[test]
@@ -392,4 +371,93 @@ fn a_burst_far_above_capacity_gets_429s_with_retry_after_and_loses_nothing_accep
         (Some(ok + 1), Some(ok + 1), Some(0), Some(0)),
         "{s}"
     );
+}
+
+/// Panics where `answers` (by session, then step) differ from the
+/// reference's for sequences `1..=sessions` of `steps` steps, sent in order.
+fn assert_reference_answers(answers: &[Vec<Vec<f32>>], sessions: u64, steps: u64) {
+    let chain = hams::GraphDef::from_file(&common::graph("chain")).unwrap().build().unwrap();
+    let mut reference = Reference::new(&chain).unwrap();
+    let mut seq = 0;
+    for session in 1..=sessions {
+        for step in 0..steps {
+            let r = Request {
+                session: Some(session),
+                start: step == 0,
+                end: step + 1 == steps,
+                input: Values::F32(features(session, step)),
+            };
+            seq += 1;
+            let Ok(Values::F32(want)) = reference.eval(seq, &r.encode_binary()) else {
+                panic!("reference failed")
+            };
+            let got = &answers[(session - 1) as usize][step as usize];
+            assert!(
+                got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())),
+                "s{session} step {step}: {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_process_restarts_and_every_request_is_answered_once_as_without_the_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = common::port_pairs(1)[0];
+    let g = common::graph("chain");
+    // Two processes of one worker each: process K serves port+K, partition K.
+    let child = common::spawn_group(
+        common::hams()
+            .args(["run", "--graph", g.to_str().unwrap(), "-n", "2", "-w", "1", "--json"])
+            .args(["--serve", &format!("127.0.0.1:{port}"), "--kill-process", "1@40", "--data-dir"])
+            .arg(&data),
+    );
+    let addr = |session: u64| format!("127.0.0.1:{}", port + (session % 2) as u16);
+    for k in 0..2 {
+        common::await_event("the server to be ready", Duration::from_secs(60), || {
+            (common::fetch_status(&addr(k), "/v2/health/ready") == Some(200)).then_some(())
+        });
+    }
+    let (sessions, steps) = (8u64, 15u64);
+    let answers: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=sessions)
+            .map(|session| {
+                let addr = addr(session);
+                s.spawn(move || {
+                    (0..steps)
+                        .map(|step| {
+                            let body = request(session, step, steps);
+                            let give_up = std::time::Instant::now() + Duration::from_secs(120);
+                            // Retries with the same id through the kill and the restart.
+                            let v = loop {
+                                match post(&addr, "chain", &body) {
+                                    (200, v) => break v,
+                                    (0 | 429 | 503 | 504, _) if std::time::Instant::now() < give_up => {
+                                        std::thread::sleep(Duration::from_millis(50))
+                                    }
+                                    (code, v) => panic!("session {session} step {step}: {code} {v}"),
+                                }
+                            };
+                            output(&v)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let s = stop(child);
+    assert_eq!(s["faults"][0]["injected"], true, "the process kill fired: {s}");
+    assert_eq!(
+        (s["lost"].as_u64(), s["duplicated"].as_u64(), s["errors"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["consistent"], true, "{s}");
+    // Every id logged and released once, and no session started again from zero.
+    let report = hams::dataflow::verify::verify(&data).unwrap();
+    assert!(report.consistent() && report.broken_chains == 0, "{report}");
+    assert_eq!(common::outputs(&data, 2).len() as u64, sessions * steps, "one release per request");
+    assert_reference_answers(&answers, sessions, steps);
 }

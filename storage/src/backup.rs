@@ -10,7 +10,7 @@ use hams_protocol::records::{Execution, LineageRecord, SessionState};
 use hams_protocol::{Incarnation, ModelId, Seq, SessionId};
 
 use crate::error::Result;
-use crate::schema::{backup_key, horizon_key, model_key, model_key_parts};
+use crate::schema::{backup_key, backup_key_prefix, horizon_key, model_key, model_key_parts};
 use crate::store::{Batch, Cf, Store};
 
 /// Writes a backup's changes to a store, one atomic batch per write.
@@ -58,7 +58,9 @@ impl Durable for BackupWriter {
 /// A model's states as one store holds them, with the incarnation of the backup that wrote them.
 pub type StoredStates = BTreeMap<ModelId, (Incarnation, BTreeMap<SessionId, SessionState>)>;
 
-/// Every backup state in `store`.
+/// Every backup state in `store`, and the incarnation of each model's
+/// backup here: also when it holds no session (all ended), so a newer
+/// backup's empty store outranks an older one's leftovers.
 pub fn states(store: &Store) -> Result<StoredStates> {
     let mut out: StoredStates = BTreeMap::new();
     for (k, st) in store.scan::<SessionState>(Cf::State, &[], &[0xff; 11], usize::MAX)? {
@@ -66,10 +68,14 @@ pub fn states(store: &Store) -> Result<StoredStates> {
         let entry = out.entry(model).or_insert_with(|| (Incarnation(0), BTreeMap::new()));
         entry.1.insert(SessionId(session), st);
     }
-    for (model, entry) in out.iter_mut() {
-        if let Some(inc) = store.get::<Incarnation>(Cf::Meta, &backup_key(*model))? {
-            entry.0 = inc;
-        }
+    let prefix = backup_key_prefix();
+    let mut end = prefix.clone();
+    *end.last_mut().expect("a prefix") += 1;
+    for (k, inc) in store.scan::<Incarnation>(Cf::Meta, &prefix, &end, usize::MAX)? {
+        let Some(model) = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|m| m.parse().ok()) else {
+            continue;
+        };
+        out.entry(ModelId(model)).or_insert_with(|| (Incarnation(0), BTreeMap::new())).0 = inc;
     }
     Ok(out)
 }
@@ -161,5 +167,13 @@ mod tests {
         assert_eq!(lineage(&store).unwrap(), vec![(ModelId(3), Seq(5), rec.lineage_record())]);
         assert_eq!(executions(&store, Some(ModelId(3))).unwrap(), vec![(ModelId(3), rec)]);
         assert!(executions(&store, Some(ModelId(4))).unwrap().is_empty());
+        // Every session ended: no state left, but the incarnation still shows
+        // (the checker then prefers this newer backup to an older one's leftovers).
+        let image = BTreeMap::from([(SessionId(2), Some(st(2.5)))]);
+        w.write(&write(&image, true, 3, &[])).unwrap();
+        let ended = BTreeMap::from([(SessionId(2), None)]);
+        w.write(&write(&ended, false, 3, &[])).unwrap();
+        let all = states(&store).unwrap();
+        assert_eq!(all[&ModelId(3)], (Incarnation(3), BTreeMap::new()));
     }
 }

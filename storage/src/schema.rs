@@ -108,5 +108,12 @@ pub fn horizon_key(model: ModelId) -> Vec<u8> {
 
 /// Meta key of the incarnation whose backup wrote `model`'s `state` rows in this store.
 pub fn backup_key(model: ModelId) -> Vec<u8> {
-    format!("backup/{}", model.0).into_bytes()
+    let mut k = backup_key_prefix();
+    k.extend_from_slice(model.0.to_string().as_bytes());
+    k
+}
+
+/// What every [`backup_key`] begins with.
+pub fn backup_key_prefix() -> Vec<u8> {
+    b"backup/".to_vec()
 }
