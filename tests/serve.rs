@@ -461,3 +461,39 @@ fn a_killed_process_restarts_and_every_request_is_answered_once_as_without_the_k
     assert_eq!(common::outputs(&data, 2).len() as u64, sessions * steps, "one release per request");
     assert_reference_answers(&answers, sessions, steps);
 }
+
+#[test]
+fn ids_are_kept_as_long_as_their_answers_and_no_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Two partitions of 10 retained answers each.
+    let (child, addr) = serve("chain", &data, &["--retain-outputs", "10"]);
+    let body = |i: u64| {
+        json!({
+            "id": format!("r{i}"),
+            "parameters": { "sequence_id": i + 1, "sequence_start": true, "sequence_end": true },
+            "inputs": [{ "name": "INPUT", "shape": [1, 16], "datatype": "FP32", "data": features(i, 0) }],
+        })
+    };
+    let mut last = Vec::new();
+    for i in 0..60 {
+        let (code, v) = post(&addr, "chain", &body(i));
+        assert_eq!(code, 200, "{v}");
+        last = output(&v);
+    }
+    // A recent id: the same answer, read back, not run again.
+    let (code, v) = post(&addr, "chain", &body(59));
+    assert_eq!((code, output(&v)), (200, last), "{v}");
+    let s = stop(child);
+    assert_eq!(s["accepted"], 60, "a retry within the window was logged again: {s}");
+    // The ids whose answers left the output topic are gone with them.
+    let ids: usize = common::stores(&data)
+        .iter()
+        .map(|st| {
+            st.scan::<(u32, u64)>(hams::storage::Cf::Meta, b"serve/id/", b"serve/id0", usize::MAX)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!((1..=20).contains(&ids), "{ids} ids kept for 20 retained answers");
+}

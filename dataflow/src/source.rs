@@ -233,8 +233,7 @@ impl Ingest {
                 self.log.append(&mut batch, self.partition, self.next_offset, &rec);
                 if let Some(id) = &p.id {
                     // Logged with the request: a retry with this id finds it, even after a restart.
-                    let at = (self.partition, self.next_offset);
-                    batch.put(self.log.store(), Cf::Meta, &hams_storage::schema::request_id_key(id), &at);
+                    hams_storage::served::log_id(&mut batch, self.log.store(), id, self.partition, self.next_offset);
                 }
                 out.push((self.next_offset, rec));
                 served.push((self.next_offset, p));

@@ -25,6 +25,7 @@ pub mod record;
 pub mod released;
 pub mod request;
 pub mod schema;
+pub mod served;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use hams_operators::ops::answers;
-use hams_storage::schema::{answer_key, request_id_key};
 use hams_storage::{Cf, Log, OutputRecord, Request, Store, Values};
 use tokio::sync::oneshot;
 
@@ -315,7 +314,7 @@ impl Front {
         let serving = self.serving.get().ok_or_else(|| Refusal::unavailable("starting").retry_after(1))?;
         let store = &serving.store;
         if let Some(id) = &id {
-            if let Some((p, o)) = store.get::<(u32, u64)>(Cf::Meta, &request_id_key(id)).map_err(Refusal::internal)? {
+            if let Some((p, o)) = hams_storage::served::logged_at(store, id).map_err(Refusal::internal)? {
                 return self.released(store, p, o).await;
             }
             let follow = {
@@ -396,7 +395,7 @@ impl Front {
         }
         // Wait first, then look: a release in between is then seen one way or the other.
         let rx = answers::wait(p, o);
-        if let Some(at) = store.get::<u64>(Cf::Meta, &answer_key(p, o)).map_err(Refusal::internal)? {
+        if let Some(at) = hams_storage::served::answer_at(store, p, o).map_err(Refusal::internal)? {
             drop(rx);
             answers::prune(p, o);
             return match Log::new(store.clone(), Cf::Output)

@@ -100,12 +100,7 @@ impl Ledger {
             self.output.append(&mut batch, self.partition, at, &rec);
             if super::answers::serving() {
                 // A client retrying this request later reads its answer from there.
-                batch.put(
-                    &self.store,
-                    Cf::Meta,
-                    &hams_storage::schema::answer_key(self.partition, offset),
-                    &at,
-                );
+                hams_storage::served::answered(&mut batch, &self.store, self.partition, offset, at);
             }
             fresh.push((offset, rec));
         }
@@ -121,6 +116,15 @@ impl Ledger {
         let floor = self.keep_from.load(Ordering::SeqCst);
         let first = end.saturating_sub(self.retain_outputs).min(floor).max(self.out_first);
         if first > self.out_first {
+            if super::answers::serving() {
+                // The answers leaving the topic take their clients' ids with them.
+                for (_, rec) in self
+                    .output
+                    .read::<OutputRecord>(self.partition, self.out_first, (first - self.out_first) as usize)?
+                {
+                    hams_storage::served::forget(&mut batch, &self.store, self.partition, rec.offset)?;
+                }
+            }
             self.output.truncate(&mut batch, self.partition, self.out_first, first);
         }
         self.store.commit(batch, self.sync)?;
