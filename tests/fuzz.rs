@@ -1,5 +1,6 @@
 //! Property-based fuzzing of everything that reads outside input: requests
-//! (JSON and binary, as clients and Kafka records send them), graph files,
+//! (JSON and binary, as clients and Kafka records send them), served Open
+//! Inference Protocol requests (HTTP bodies and gRPC messages), graph files,
 //! executor frames and durable records read back from disk.
 //!
 //! The properties: no panic, every rejection a typed error, what is accepted
@@ -479,5 +480,187 @@ fn durable_records_decode_or_are_reported_corrupt() {
             corrupt(decode::<String>("meta", b"k", &bytes).map(drop))?;
             corrupt(decode::<(u64, Vec<u32>, String)>("meta", b"k", &bytes).map(drop))
         })?
+    });
+}
+
+/// A JSON value worth trying where the protocol expects something else.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        Just(json!(null)),
+        any::<bool>().prop_map(|b| json!(b)),
+        any::<i64>().prop_map(|i| json!(i)),
+        any::<f64>()
+            .prop_filter("JSON numbers are finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        "[a-zA-Z0-9_ ]{0,12}".prop_map(|s| json!(s)),
+        prop::collection::vec(-2.0f32..2.0, 0..20).prop_map(|v| json!(v)),
+        prop::collection::vec(prop::collection::vec(-1.0f32..1.0, 0..5), 0..5).prop_map(|v| json!(v)),
+    ]
+}
+
+/// An OIP inference request in JSON, close to a good one for `chain` (16 FP32s).
+fn oip_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    let name = prop_oneof![Just("INPUT".to_string()), "[A-Z]{0,6}"];
+    let datatype = prop_oneof![
+        Just("FP32"),
+        Just("FP64"),
+        Just("INT32"),
+        Just("INT64"),
+        Just("BYTES"),
+        Just("BOOL")
+    ];
+    let shape = prop_oneof![
+        Just(json!([1, 16])),
+        Just(json!([16])),
+        prop::collection::vec(any::<i64>(), 0..4).prop_map(|v| json!(v)),
+        json_value(),
+    ];
+    let data = prop_oneof![prop::collection::vec(-1.0f32..1.0, 16).prop_map(|v| json!(v)), json_value()];
+    let params = prop::collection::btree_map(
+        prop_oneof![
+            Just("sequence_id".to_string()),
+            Just("sequence_start".to_string()),
+            Just("sequence_end".to_string()),
+            Just("timeout".to_string()),
+            Just("binary_data_output".to_string())
+        ],
+        json_value(),
+        0..4,
+    );
+    (
+        name,
+        datatype,
+        shape,
+        data,
+        params,
+        proptest::option::of("[a-z0-9-]{0,10}"),
+        0..3usize,
+    )
+        .prop_map(|(name, datatype, shape, data, params, id, copies)| {
+            let tensor = json!({ "name": name, "datatype": datatype, "shape": shape, "data": data });
+            json!({ "id": id, "parameters": params, "inputs": vec![tensor; copies.max(1)] })
+        })
+}
+
+/// Protobuf's varint.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field.
+fn field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    varint(((tag as u64) << 3) | 2, out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// A `ModelInferRequest` as tritonclient writes one: model, id, a sequence
+/// parameter, one input with its shape, and its elements raw or typed.
+fn grpc_message(model: &str, id: &str, sequence: i64, shape: &[i64], elements: &[f32], raw: bool) -> Vec<u8> {
+    let mut m = Vec::new();
+    field(1, model.as_bytes(), &mut m);
+    field(3, id.as_bytes(), &mut m);
+    let mut entry = Vec::new();
+    field(1, b"sequence_id", &mut entry);
+    let mut param = vec![0x10]; // int64_param
+    varint(sequence as u64, &mut param);
+    field(2, &param, &mut entry);
+    field(4, &entry, &mut m);
+    let mut input = Vec::new();
+    field(1, b"INPUT", &mut input);
+    field(2, b"FP32", &mut input);
+    let mut dims = Vec::new();
+    for d in shape {
+        varint(*d as u64, &mut dims);
+    }
+    field(3, &dims, &mut input);
+    let bytes: Vec<u8> = elements.iter().flat_map(|x| x.to_le_bytes()).collect();
+    if !raw {
+        let mut contents = Vec::new();
+        field(6, &bytes, &mut contents); // fp32_contents, packed
+        field(5, &contents, &mut input);
+    }
+    field(5, &input, &mut m);
+    if raw {
+        field(7, &bytes, &mut m);
+    }
+    m
+}
+
+fn grpc_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let good = (
+        prop_oneof![Just("chain".to_string()), "[a-z]{0,6}"],
+        "[a-z0-9]{0,8}",
+        any::<i64>(),
+        prop_oneof![Just(vec![1i64, 16]), prop::collection::vec(any::<i64>(), 0..4)],
+        prop::collection::vec(-1.0f32..1.0, 0..20),
+        any::<bool>(),
+    )
+        .prop_map(|(model, id, seq, shape, el, raw)| grpc_message(&model, &id, seq, &shape, &el, raw));
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        (good, edits()).prop_map(|(m, e)| apply(m, &e)),
+    ]
+}
+
+#[test]
+fn served_requests_over_http_and_grpc_are_checked_or_refused_with_a_4xx() {
+    let graph = hams::GraphDef::from_file(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/graphs/chain.toml"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let front = hams::dataflow::serve::Front::new("127.0.0.1:0", &graph, hams::dataflow::serve::Limits::default());
+    let accepted = |r: &Request| -> Result<(), TestCaseError> {
+        let Values::F32(v) = &r.input else {
+            return Err(TestCaseError::fail(format!("chain takes FP32s: {r:?}")));
+        };
+        prop_assert_eq!(v.len(), 16);
+        prop_assert!(v.iter().all(|x| x.is_finite()));
+        prop_assert!(!(r.start || r.end) || r.session.is_some());
+        Ok(())
+    };
+    let refused = |code: u16, why: &str| -> Result<(), TestCaseError> {
+        prop_assert!((400..500).contains(&code) && !why.is_empty(), "{code} {why}");
+        Ok(())
+    };
+    // The unedited forms are accepted, so the edits start from deep inside the checks.
+    let good = serde_json::json!({ "parameters": { "sequence_id": 3 }, "inputs": [{ "name": "INPUT", "datatype": "FP32", "shape": [1, 16], "data": vec![0.5; 16] }] });
+    assert!(hams::dataflow::serve::check_http(&front, None, good.to_string().as_bytes()).is_ok());
+    for raw in [false, true] {
+        let m = grpc_message("chain", "a", 3, &[1, 16], &[0.5; 16], raw);
+        assert_eq!(
+            hams::dataflow::serve::check_grpc(&front, &m).map(|r| r.session),
+            Ok(Some(3)),
+            "raw {raw}"
+        );
+    }
+    // JSON bodies, edited; and the binary extension, with its header's length as the input says.
+    let http = (
+        oip_json(),
+        edits(),
+        proptest::option::of(any::<u16>()),
+        prop::collection::vec(any::<u8>(), 0..80),
+    );
+    fuzz("OIP over HTTP", 20_000, http, |(json, e, split, tail)| {
+        let body = [apply(json.to_string().into_bytes(), &e), tail].concat();
+        let header = split.map(|s| (s as usize % (body.len() + 8)).to_string());
+        match bounded(body.len(), || {
+            hams::dataflow::serve::check_http(&front, header.as_deref().map(str::as_bytes), &body)
+        })? {
+            Ok(r) => accepted(&r),
+            Err((code, why)) => refused(code, &why),
+        }
+    });
+    fuzz("OIP over gRPC", 20_000, grpc_bytes(), |bytes| {
+        match bounded(bytes.len(), || hams::dataflow::serve::check_grpc(&front, &bytes))? {
+            Ok(r) => accepted(&r),
+            Err((code, why)) => refused(code, &why),
+        }
     });
 }

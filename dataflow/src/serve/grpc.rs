@@ -97,6 +97,13 @@ fn contents(t: &InferInputTensor) -> Value {
     }
 }
 
+/// The request a `ModelInferRequest` message stands for, or why it is refused.
+pub(super) fn decode(message: &[u8]) -> Result<Inference, Refusal> {
+    use prost::Message;
+    let req = pb::ModelInferRequest::decode(message).map_err(|e| Refusal::bad(format!("not a ModelInferRequest: {e}")))?;
+    inference(req)
+}
+
 /// A gRPC request in the form both protocols share.
 fn inference(req: pb::ModelInferRequest) -> Result<Inference, Refusal> {
     if !req.raw_input_contents.is_empty() && req.raw_input_contents.len() != req.inputs.len() {

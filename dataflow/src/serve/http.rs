@@ -107,12 +107,10 @@ fn binary_inputs(req: &mut Inference, mut rest: &[u8]) -> Result<(), String> {
     }
 }
 
-/// The request in a body: plain JSON, or JSON then binary inputs.
-fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Inference, Refusal> {
-    let split = match headers
-        .get(JSON_LENGTH)
-        .map(|v| v.to_str().ok().and_then(|v| v.parse::<usize>().ok()))
-    {
+/// The request in a body: plain JSON, or (with the header giving the JSON
+/// part's length) JSON then binary inputs.
+pub(super) fn parse(json_length: Option<&[u8]>, body: &[u8]) -> Result<Inference, Refusal> {
+    let split = match json_length.map(|v| std::str::from_utf8(v).ok().and_then(|v| v.parse::<usize>().ok())) {
         None => body.len(),
         Some(Some(n)) if n <= body.len() => n,
         Some(_) => return Err(Refusal::bad(format!("{JSON_LENGTH} is not a length within the body"))),
@@ -126,7 +124,7 @@ async fn infer(State(front): State<Arc<Front>>, Path(name): Path<String>, header
     if let Err(e) = front.known(&name) {
         return refused(e);
     }
-    let req = match parse(&headers, &body) {
+    let req = match parse(headers.get(JSON_LENGTH).map(HeaderValue::as_bytes), &body) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };

@@ -436,6 +436,22 @@ impl Drop for Lead {
     }
 }
 
+/// What the front end makes of an HTTP inference body before logging it:
+/// the request, or the 4xx and its reason. `json_length` is the binary
+/// tensor extension's `Inference-Header-Content-Length`. (For fuzzing.)
+pub fn check_http(front: &Front, json_length: Option<&[u8]>, body: &[u8]) -> Result<Request, (u16, String)> {
+    let refused = |r: Refusal| (r.status.as_u16(), r.message);
+    let req = http::parse(json_length, body).map_err(refused)?;
+    request::convert(front, &req).map_err(refused)
+}
+
+/// The same for a gRPC `ModelInferRequest` message. (For fuzzing.)
+pub fn check_grpc(front: &Front, message: &[u8]) -> Result<Request, (u16, String)> {
+    let refused = |r: Refusal| (r.status.as_u16(), r.message);
+    let req = grpc::decode(message).map_err(refused)?;
+    request::convert(front, &req).map_err(refused)
+}
+
 /// Starts serving `front` for this process's `partitions` (of `total`),
 /// reading answers back from `store`; returns the bound address.
 pub(crate) fn start(front: &Arc<Front>, addr: &str, store: Arc<Store>, partitions: &[u32], total: u32) -> std::io::Result<SocketAddr> {
