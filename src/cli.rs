@@ -273,6 +273,10 @@ pub struct RunArgs {
     /// with 503 (gRPC UNAVAILABLE) and Retry-After; readiness is off while any recovery holds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000), requires = "serve")]
     pub serve_hold_ms: u64,
+    /// A served session with no request for this many seconds is ended, its
+    /// state freed on primary and backup (0: never; clients end sessions).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=31_536_000), requires = "serve")]
+    pub session_ttl_s: u64,
     /// Serve Prometheus metrics at this address (`HOST:PORT`; process N of a cluster adds N to the port).
     #[arg(long)]
     pub metrics_addr: Option<String>,

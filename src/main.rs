@@ -164,6 +164,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 hams_dataflow::serve::Limits {
                     queue: args.serve_queue,
                     hold: std::time::Duration::from_millis(args.serve_hold_ms),
+                    session_ttl: (args.session_ttl_s > 0).then(|| std::time::Duration::from_secs(args.session_ttl_s)),
                 },
             ))
         }

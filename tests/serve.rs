@@ -497,3 +497,45 @@ fn ids_are_kept_as_long_as_their_answers_and_no_longer() {
         .sum();
     assert!((1..=20).contains(&ids), "{ids} ids kept for 20 retained answers");
 }
+
+#[test]
+fn an_idle_session_is_ended_and_its_state_freed_on_primary_and_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, addr) = serve("chain", &data, &["--session-ttl-s", "1"]);
+    let step = |session: u64, step: u64, start: bool| {
+        post(
+            &addr,
+            "chain",
+            &json!({
+                "parameters": { "sequence_id": session, "sequence_start": start },
+                "inputs": [{ "name": "INPUT", "shape": [1, 16], "datatype": "FP32", "data": features(session, step) }],
+            }),
+        )
+    };
+    // Session 5 goes idle; session 6 keeps going, a request every 300 ms.
+    assert_eq!(step(5, 0, true).0, 200);
+    assert_eq!(step(6, 0, true).0, 200);
+    for k in 1..10 {
+        std::thread::sleep(Duration::from_millis(300));
+        let (code, v) = step(6, k, false);
+        assert_eq!(code, 200, "an active session is kept: {v}");
+    }
+    let (code, v) = step(5, 1, false);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("UnknownSession"), "{v}");
+    let s = stop(child);
+    // The checker holds the backup to it: a final state for session 5 would
+    // be one no committed execution left open.
+    assert_eq!(s["consistent"], true, "{s}");
+    assert_eq!((s["lost"].as_u64(), s["duplicated"].as_u64()), (Some(0), Some(0)), "{s}");
+    let report = hams::dataflow::verify::verify(&data).unwrap();
+    assert!(report.consistent(), "{report}");
+    let held: Vec<u64> = common::stores(&data)
+        .iter()
+        .flat_map(|st| hams::storage::backup::states(st).unwrap())
+        .flat_map(|(_, (_, states))| states.into_keys().map(|s| s.0))
+        .collect();
+    assert!(!held.contains(&5), "the idle session's state is still held: {held:?}");
+    assert!(held.contains(&6), "the active session's state is held: {held:?}");
+}

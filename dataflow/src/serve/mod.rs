@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use hams_operators::ops::answers;
@@ -41,6 +41,9 @@ pub struct Limits {
     pub queue: usize,
     /// A recovery holding releases longer than this turns new requests away with 503.
     pub hold: Duration,
+    /// A session without a request for this long is ended (its state freed
+    /// on primary and backup); `None`: sessions end only when a client ends them.
+    pub session_ttl: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -48,6 +51,7 @@ impl Default for Limits {
         Limits {
             queue: 1024,
             hold: Duration::from_secs(1),
+            session_ttl: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -67,8 +71,9 @@ pub(crate) struct Pending {
     pub(crate) bytes: Vec<u8>,
     /// The client's id, logged with it.
     pub(crate) id: Option<String>,
-    /// Told where the request was logged, with the receiver of its answer.
-    pub(crate) reply: oneshot::Sender<Logged>,
+    /// Told where the request was logged, with the receiver of its answer
+    /// (none for the front end's own requests: a session's idle expiry).
+    pub(crate) reply: Option<oneshot::Sender<Logged>>,
     /// Holds the id in flight until the worker logged the request or
     /// dropped it (its client gone): a retry meanwhile follows this one
     /// instead of logging the request twice.
@@ -79,7 +84,9 @@ impl Pending {
     /// The request is logged at `(partition, offset)`: its client, and any
     /// that sent the same id meanwhile, learn where.
     pub(crate) fn logged(mut self, partition: u32, offset: u64) {
-        let _ = self.reply.send(Ok((offset, answers::wait(partition, offset))));
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Ok((offset, answers::wait(partition, offset))));
+        }
         if let Some(lead) = self.lead.as_mut() {
             lead.at = Some((partition, offset));
         }
@@ -92,7 +99,45 @@ struct Serving {
     first: u32,
     total: u32,
     queues: Vec<Mutex<VecDeque<Pending>>>,
+    /// Per partition: its open sessions and when each last had a request.
+    open: Vec<Mutex<Sessions>>,
     store: Arc<Store>,
+}
+
+/// A partition's open sessions, for their idle expiry.
+#[derive(Default)]
+struct Sessions {
+    last: HashMap<u64, Instant>,
+    swept: Option<Instant>,
+}
+
+impl Sessions {
+    /// Notes a request queued for `session` (which `end`s it, or not).
+    fn touch(&mut self, session: u64, end: bool, now: Instant) {
+        if end {
+            self.last.remove(&session);
+        } else {
+            self.last.insert(session, now);
+        }
+    }
+
+    /// The sessions idle longer than `ttl` (looked for about once a second), now closed.
+    fn expire(&mut self, ttl: Duration, now: Instant) -> Vec<u64> {
+        if self.swept.is_some_and(|t| now.duration_since(t) < ttl.min(Duration::from_secs(1))) {
+            return Vec::new();
+        }
+        self.swept = Some(now);
+        let idle: Vec<u64> = self
+            .last
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= ttl)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in &idle {
+            self.last.remove(s);
+        }
+        idle
+    }
 }
 
 /// The front end of one process: its partitions' queues and what the
@@ -239,19 +284,52 @@ impl Front {
     }
 
     /// Up to `max` requests queued for `partition`, skipping those whose
-    /// clients went away before they were logged (cancelled: never run).
+    /// clients went away before they were logged (cancelled: never run);
+    /// then an end for each of its sessions idle past the TTL.
     pub(crate) fn take(&self, partition: u32, max: usize) -> Vec<Pending> {
-        let Some(q) = self.queue(partition) else { return Vec::new() };
-        let mut q = q.lock().expect("poisoned");
+        let Some(s) = self.serving.get() else { return Vec::new() };
+        let Some(i) = partition.checked_sub(s.first).map(|i| i as usize).filter(|i| *i < s.queues.len()) else {
+            return Vec::new();
+        };
+        let mut q = s.queues[i].lock().expect("poisoned");
         let mut out = Vec::new();
         while out.len() < max {
             match q.pop_front() {
-                Some(p) if p.reply.is_closed() => {}
+                Some(p) if p.reply.as_ref().is_some_and(|r| r.is_closed()) => {}
                 Some(p) => out.push(p),
                 None => break,
             }
         }
+        if let Some(ttl) = self.limits.session_ttl {
+            // Under the queue's lock: no request of the session can slip in between.
+            for session in s.open[i].lock().expect("poisoned").expire(ttl, Instant::now()) {
+                tracing::info!(session, ?ttl, "ending an idle session");
+                out.push(Pending {
+                    bytes: self.expiry(session).encode_binary(),
+                    id: None,
+                    reply: None,
+                    lead: None,
+                });
+            }
+        }
         out
+    }
+
+    /// The request that ends an idle `session`: a last step on zeros, logged
+    /// and replicated like any other, so its state goes on primary and backup
+    /// alike (its result is released to the output topic, for no client).
+    fn expiry(&self, session: u64) -> Request {
+        let n: usize = self.input.1.iter().product();
+        Request {
+            session: Some(session),
+            start: false,
+            end: true,
+            input: if self.input.0 == "INT32" {
+                Values::Tokens(vec![0; n])
+            } else {
+                Values::F32(vec![0.0; n])
+            },
+        }
     }
 
     fn queue(&self, partition: u32) -> Option<&Mutex<VecDeque<Pending>>> {
@@ -369,10 +447,17 @@ impl Front {
             if q.len() >= self.limits.queue {
                 return Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, "the admission queue is full; retry later").retry_after(1));
             }
+            if let Some(session) = request.session {
+                let i = (partition - serving.first) as usize;
+                serving.open[i]
+                    .lock()
+                    .expect("poisoned")
+                    .touch(session, request.end, Instant::now());
+            }
             q.push_back(Pending {
                 bytes: request.encode_binary(),
                 id: lead.as_ref().map(|l| l.id.clone()),
-                reply: tx,
+                reply: Some(tx),
                 lead,
             });
         }
@@ -459,6 +544,7 @@ pub(crate) fn start(front: &Arc<Front>, addr: &str, store: Arc<Store>, partition
         first: partitions.first().copied().unwrap_or(0),
         total: total.max(1),
         queues: partitions.iter().map(|_| Mutex::new(VecDeque::new())).collect(),
+        open: partitions.iter().map(|_| Mutex::new(Sessions::default())).collect(),
         store,
     };
     if front.serving.set(serving).is_err() {
