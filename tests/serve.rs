@@ -38,6 +38,27 @@ fn serve(graph: &str, data: &std::path::Path, extra: &[&str]) -> (std::process::
     (child, addr)
 }
 
+/// A served two-process cluster of `graph` (one worker each) with `extra`
+/// flags; process K's address at index K.
+fn serve_cluster(graph: &str, data: &std::path::Path, extra: &[&str]) -> (std::process::Child, [String; 2]) {
+    let port = common::port_pairs(1)[0];
+    let g = common::graph(graph);
+    let child = common::spawn_group(
+        common::hams()
+            .args(["run", "--graph", g.to_str().unwrap(), "-n", "2", "-w", "1", "--json"])
+            .args(["--serve", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data)
+            .args(extra),
+    );
+    let addrs = [format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", port + 1)];
+    for a in &addrs {
+        common::await_event("the server to be ready", Duration::from_secs(60), || {
+            (common::fetch_status(a, "/v2/health/ready") == Some(200)).then_some(())
+        });
+    }
+    (child, addrs)
+}
+
 /// Stops a served run as Ctrl-C does and returns its summary.
 fn stop(child: std::process::Child) -> Value {
     // SAFETY: signals our own child's process group.
@@ -404,21 +425,9 @@ fn assert_reference_answers(answers: &[Vec<Vec<f32>>], sessions: u64, steps: u64
 fn a_killed_process_restarts_and_every_request_is_answered_once_as_without_the_kill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let port = common::port_pairs(1)[0];
-    let g = common::graph("chain");
     // Two processes of one worker each: process K serves port+K, partition K.
-    let child = common::spawn_group(
-        common::hams()
-            .args(["run", "--graph", g.to_str().unwrap(), "-n", "2", "-w", "1", "--json"])
-            .args(["--serve", &format!("127.0.0.1:{port}"), "--kill-process", "1@40", "--data-dir"])
-            .arg(&data),
-    );
-    let addr = |session: u64| format!("127.0.0.1:{}", port + (session % 2) as u16);
-    for k in 0..2 {
-        common::await_event("the server to be ready", Duration::from_secs(60), || {
-            (common::fetch_status(&addr(k), "/v2/health/ready") == Some(200)).then_some(())
-        });
-    }
+    let (child, addrs) = serve_cluster("chain", &data, &["--kill-process", "1@40"]);
+    let addr = |session: u64| addrs[(session % 2) as usize].clone();
     let (sessions, steps) = (8u64, 15u64);
     let answers: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (1..=sessions)
@@ -538,4 +547,53 @@ fn an_idle_session_is_ended_and_its_state_freed_on_primary_and_backup() {
         .collect();
     assert!(!held.contains(&5), "the idle session's state is still held: {held:?}");
     assert!(held.contains(&6), "the active session's state is held: {held:?}");
+}
+
+#[test]
+fn every_process_serves_every_request_and_retries_find_their_answer_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, addrs) = serve_cluster("chain", &data, &[]);
+    // Every sequence through process 0, half of them owned by process 1.
+    let (sessions, steps) = (6u64, 5u64);
+    let mut answers = vec![Vec::new(); sessions as usize];
+    for step in 0..steps {
+        for session in 1..=sessions {
+            let (code, v) = post(&addrs[0], "chain", &request(session, step, steps));
+            assert_eq!(code, 200, "s{session}-{step}: {v}");
+            answers[(session - 1) as usize].push(output(&v));
+        }
+    }
+    // Retries through the other process: the same answers, nothing run again.
+    for session in 1..=sessions {
+        let (code, v) = post(&addrs[1], "chain", &request(session, 2, steps));
+        assert_eq!((code, output(&v)), (200, answers[(session - 1) as usize][2].clone()), "{v}");
+    }
+    let s = stop(child);
+    assert_eq!(s["accepted"].as_u64(), Some(sessions * steps), "a retry was logged again: {s}");
+    assert_eq!((s["lost"].as_u64(), s["duplicated"].as_u64()), (Some(0), Some(0)), "{s}");
+    assert_eq!(s["consistent"], true, "{s}");
+    assert_reference_answers(&answers, sessions, steps);
+}
+
+#[test]
+fn a_request_with_an_id_and_no_sequence_runs_once_whichever_process_takes_its_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addrs) = serve_cluster("image_query", &dir.path().join("data"), &[]);
+    let body = |k: usize| {
+        json!({
+            "id": format!("thumb-{k}"),
+            "inputs": [{ "name": "INPUT", "shape": [1, 3, 16, 16], "datatype": "FP32",
+                         "data": (0..768).map(|i| ((i * 7 + k) % 11) as f32 / 11.0).collect::<Vec<_>>() }],
+        })
+    };
+    for k in 0..8 {
+        let (code, first) = post(&addrs[k % 2], "image_query", &body(k));
+        assert_eq!(code, 200, "{first}");
+        let (code, again) = post(&addrs[(k + 1) % 2], "image_query", &body(k));
+        assert_eq!((code, output(&again)), (200, output(&first)), "thumb-{k}: {again}");
+    }
+    let s = stop(child);
+    assert_eq!(s["accepted"], 8, "a retry through the other process ran again: {s}");
+    assert_eq!(s["consistent"], true, "{s}");
 }

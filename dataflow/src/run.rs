@@ -312,12 +312,8 @@ fn executor_fault_reports(plan: &Plan, log: &FaultLog, totals: &Totals, rate: Op
 
 /// Tells this run's processes from any other's on the same ports.
 fn cluster_tag(addresses: &[String], graph: &str) -> u64 {
-    addresses
-        .iter()
-        .map(String::as_str)
-        .chain([graph])
-        .flat_map(str::bytes)
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    let bytes: Vec<u8> = addresses.iter().map(String::as_str).chain([graph]).flat_map(str::bytes).collect();
+    crate::serve::fnv(&bytes)
 }
 
 /// Set by [`request_stop`] (e.g. on Ctrl-C): stop ingesting, drain, report.
@@ -358,7 +354,10 @@ pub fn run(config: RunConfig) -> Result<Option<Summary>> {
     if let Feed::Serve(front) = &config.feed {
         // Process K serves on the given port + K, its own partitions.
         let addr = front.address(config.timely.process)?;
-        let bound = crate::serve::start(front, &addr, store.clone(), &partitions, cluster.workers() as u32)
+        let peers = (0..cluster.processes)
+            .map(|j| front.peer_address(j, &config.timely.addresses))
+            .collect::<Result<Vec<_>>>()?;
+        let bound = crate::serve::start(front, &addr, store.clone(), &partitions, cluster.workers() as u32, peers)
             .map_err(|e| Error::Config(format!("serving on {addr}: {e}")))?;
         eprintln!(
             "hams: process {} serves the Open Inference Protocol at http://{bound}/v2",

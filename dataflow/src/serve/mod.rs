@@ -10,6 +10,7 @@
 //! timeout, a failover or a process restart) waits for, or reads back, the
 //! same answer; the request never runs twice.
 
+mod forward;
 mod grpc;
 mod http;
 mod request;
@@ -94,8 +95,10 @@ impl Pending {
 }
 
 /// What a process serves: its partitions (`first..`, of `total`), their
-/// queues, and the store its answers are read back from.
+/// queues, the store its answers are read back from, and where the other
+/// processes serve (by process index), for the requests of their partitions.
 struct Serving {
+    peers: Vec<String>,
     first: u32,
     total: u32,
     queues: Vec<Mutex<VecDeque<Pending>>>,
@@ -283,6 +286,17 @@ impl Front {
         Ok(sock.to_string())
     }
 
+    /// Where process `process` serves, as the others reach it: its hostfile
+    /// host (`addresses`, one `host:port` per process), the serve port + `process`.
+    pub(crate) fn peer_address(&self, process: usize, addresses: &[String]) -> crate::error::Result<String> {
+        let own = self.address(process)?;
+        let port = own.rsplit_once(':').map_or("", |(_, p)| p);
+        Ok(match addresses.get(process).and_then(|a| a.rsplit_once(':')) {
+            Some((host, _)) => format!("{host}:{port}"),
+            None => own,
+        })
+    }
+
     /// Up to `max` requests queued for `partition`, skipping those whose
     /// clients went away before they were logged (cancelled: never run);
     /// then an end for each of its sessions idle past the TTL.
@@ -371,7 +385,7 @@ impl Front {
     pub(crate) async fn infer(&self, req: &Inference, deadline: Option<Duration>) -> Result<Output, Refusal> {
         let request = request::convert(self, req)?;
         let timeout = [req.timeout(), deadline].into_iter().flatten().min().unwrap_or(DEFAULT_TIMEOUT);
-        match tokio::time::timeout(timeout, self.answer_of(req.id.clone(), request)).await {
+        match tokio::time::timeout(timeout, self.answer_of(req.id.clone(), request, timeout)).await {
             Ok(answer) => Output::of(answer?),
             Err(_) => {
                 let hint = if req.id.is_some() {
@@ -387,8 +401,25 @@ impl Front {
         }
     }
 
-    /// The released result of `request`: logged once per id, answered once released.
-    async fn answer_of(&self, id: Option<String>, request: Request) -> Result<OutputRecord, Refusal> {
+    /// The released result of `request`, from the process whose partition it
+    /// belongs to (this one, or another it is forwarded to).
+    async fn answer_of(&self, id: Option<String>, request: Request, timeout: Duration) -> Result<OutputRecord, Refusal> {
+        let serving = self.serving.get().ok_or_else(|| Refusal::unavailable("starting").retry_after(1))?;
+        let partition = match (request.session, id.as_deref()) {
+            (Some(s), _) => (s % serving.total as u64) as u32,
+            // An id always lands in one partition: its retries find it there, from any process.
+            (None, Some(id)) => (fnv(id.as_bytes()) % serving.total as u64) as u32,
+            (None, None) => serving.first + (self.next.fetch_add(1, Ordering::Relaxed) % serving.queues.len().max(1) as u64) as u32,
+        };
+        if self.queue(partition).is_none() {
+            return forward::to_owner(self, partition, id, &request, timeout).await;
+        }
+        self.answer_here(partition, id, request).await
+    }
+
+    /// The released result of `request` in this process's `partition`: logged
+    /// once per id, answered once released.
+    async fn answer_here(&self, partition: u32, id: Option<String>, request: Request) -> Result<OutputRecord, Refusal> {
         let serving = self.serving.get().ok_or_else(|| Refusal::unavailable("starting").retry_after(1))?;
         let store = &serving.store;
         if let Some(id) = &id {
@@ -428,17 +459,10 @@ impl Front {
         if let Some(held) = answers::held_for().filter(|h| *h > self.limits.hold) {
             return Err(Refusal::unavailable(format!("a recovery has held results for {} ms; retry", held.as_millis())).retry_after(1));
         }
-        let partition = match request.session {
-            Some(s) => (s % serving.total as u64) as u32,
-            None => serving.first + (self.next.fetch_add(1, Ordering::Relaxed) % serving.queues.len().max(1) as u64) as u32,
-        };
         let Some(queue) = self.queue(partition) else {
             return Err(Refusal::new(
                 StatusCode::MISDIRECTED_REQUEST,
-                format!(
-                    "sequence {} belongs to partition {partition}, served by another process of the cluster",
-                    request.session.unwrap_or(0)
-                ),
+                format!("partition {partition} is served by another process of the cluster"),
             ));
         };
         let (tx, rx) = oneshot::channel();
@@ -500,6 +524,13 @@ impl Front {
     }
 }
 
+/// FNV-1a: a hash that every process computes alike.
+pub(crate) fn fnv(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// The first request in flight with an id: when dropped (logged, refused,
 /// or its client gone before it was logged) the id leaves the in-flight
 /// set, and the requests that came with the same id meanwhile learn where
@@ -539,8 +570,16 @@ pub fn check_grpc(front: &Front, message: &[u8]) -> Result<Request, (u16, String
 
 /// Starts serving `front` for this process's `partitions` (of `total`),
 /// reading answers back from `store`; returns the bound address.
-pub(crate) fn start(front: &Arc<Front>, addr: &str, store: Arc<Store>, partitions: &[u32], total: u32) -> std::io::Result<SocketAddr> {
+pub(crate) fn start(
+    front: &Arc<Front>,
+    addr: &str,
+    store: Arc<Store>,
+    partitions: &[u32],
+    total: u32,
+    peers: Vec<String>,
+) -> std::io::Result<SocketAddr> {
     let serving = Serving {
+        peers,
         first: partitions.first().copied().unwrap_or(0),
         total: total.max(1),
         queues: partitions.iter().map(|_| Mutex::new(VecDeque::new())).collect(),
@@ -555,6 +594,7 @@ pub(crate) fn start(front: &Arc<Front>, addr: &str, store: Arc<Store>, partition
     // (tonic's router brings a fallback of its own: ours replaces it after the merge.)
     let app = http::router(front.clone())
         .merge(grpc::router(front.clone()))
+        .merge(forward::router(front.clone()))
         .fallback(http::not_found);
     hams_operators::metrics::serve_http("hams-serve", addr, 2, app)
 }
