@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_transport(false)
+        // Our codec: a message that does not decode is the client's error.
+        .codec_path("crate::serve::grpc::Codec")
         .compile_fds(fds)?;
     Ok(())
 }

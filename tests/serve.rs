@@ -287,7 +287,7 @@ fn tritons_own_clients_are_served_over_http_and_grpc() {
         );
         if protocol == "grpc" {
             let garbage = seen["garbage"].as_str().unwrap();
-            assert!(garbage.starts_with("INTERNAL") && garbage.contains("decode"), "{seen}");
+            assert!(garbage.starts_with("INVALID_ARGUMENT") && garbage.contains("decode"), "{seen}");
             assert_eq!(seen["serves_after_garbage"], true, "{seen}");
         }
         // Its answers are the reference's for the same sequence, and retries got the same.

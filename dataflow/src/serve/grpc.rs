@@ -23,6 +23,55 @@ use pb::model_infer_request::InferInputTensor;
 use pb::model_infer_response::InferOutputTensor;
 use pb::model_metadata_response::TensorMetadata;
 
+/// tonic's prost codec, except that a request that does not decode is the
+/// client's error (INVALID_ARGUMENT, like HTTP's 400), not the server's
+/// (tonic says INTERNAL).
+pub(crate) struct Codec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+impl<T, U> Default for Codec<T, U> {
+    fn default() -> Self {
+        Codec(tonic_prost::ProstCodec::default())
+    }
+}
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = Decoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        self.0.encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Decoder(self.0.decoder())
+    }
+}
+
+/// The decoder of [`Codec`].
+pub(crate) struct Decoder<U>(tonic_prost::ProstDecoder<U>);
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|s| match s.code() {
+            Code::Internal => Status::invalid_argument(format!("not a valid message: {}", s.message())),
+            _ => s,
+        })
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        self.0.buffer_settings()
+    }
+}
+
 pub(super) fn router(front: Arc<Front>) -> axum::Router {
     let svc = GrpcInferenceServiceServer::new(Service { front })
         .max_decoding_message_size(MAX_BODY)
