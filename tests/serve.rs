@@ -236,6 +236,12 @@ fn bad_requests_get_clear_4xx_and_serving_goes_on() {
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["outputs"][0]["shape"], json!([1, 4]), "{v}");
     assert_eq!(common::fetch_status(&addr, "/v2/health/live"), Some(200));
+    // The same port serves Prometheus metrics, the answers counted by status.
+    let metrics = common::fetch(&addr, "/metrics").unwrap();
+    for (status, n) in [(400, 6), (404, 1), (200, 1)] {
+        let line = format!("hams_serve_requests_total{{protocol=\"http\",status=\"{status}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     let s = stop(child);
     assert_eq!(s["lost"], 0, "{s}");
     assert_eq!(s["consistent"], true, "{s}");

@@ -76,6 +76,7 @@ pub struct Metrics {
     lag_epochs: Family<Labels, Gauge>,
     lag_bytes: Family<Labels, Gauge>,
     phase_ms: Family<Labels, Gauge<f64, AtomicU64>>,
+    served: Family<Labels, Counter>,
     phases: Mutex<BTreeMap<u64, BTreeMap<Phase, u64>>>,
 }
 
@@ -148,6 +149,12 @@ impl Default for Metrics {
             "Phases of the latest recovery seen by this process, in milliseconds",
             phase_ms.clone(),
         );
+        let served = Family::<Labels, Counter>::default();
+        registry.register(
+            "hams_serve_requests",
+            "Inference requests answered by the serving front end, by protocol and HTTP status (gRPC codes mapped to theirs)",
+            served.clone(),
+        );
         Metrics {
             registry,
             scrape: Mutex::new(()),
@@ -164,6 +171,7 @@ impl Default for Metrics {
             lag_epochs,
             lag_bytes,
             phase_ms,
+            served,
             phases: Mutex::new(BTreeMap::new()),
         }
     }
@@ -216,6 +224,12 @@ impl Metrics {
     /// Counts results discarded as orphans.
     pub fn orphans(&self, n: u64) {
         self.orphans.inc_by(n);
+    }
+    /// Counts one inference request the front end answered over `protocol` with `status`.
+    pub fn served(&self, protocol: &'static str, status: u16) {
+        self.served
+            .get_or_create(&vec![("protocol", protocol.to_string()), ("status", status.to_string())])
+            .inc();
     }
     /// Sets the requests waiting at (or in flight from) node `node`'s operator on this worker.
     pub fn queue(&self, node: &str, depth: u64) {
@@ -296,14 +310,20 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// Serves `/metrics` on `addr` (HTTP/1.1, any number of connections, on its
 /// own thread); returns the bound address.
 pub fn serve(addr: &str) -> std::io::Result<SocketAddr> {
-    use axum::http::{header, StatusCode};
-    use axum::routing::get;
-    let scrape = || async { ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics().render()) };
-    let app = axum::Router::new()
-        .route("/metrics", get(scrape))
-        .route("/", get(scrape))
+    use axum::http::StatusCode;
+    let app = router()
+        .route("/", axum::routing::get(scrape))
         .fallback(|| async { (StatusCode::NOT_FOUND, "try /metrics\n") });
     serve_http("hams-metrics", addr, 1, app)
+}
+
+/// `/metrics`, for a server of its own or the serving front end's.
+pub fn router() -> axum::Router {
+    axum::Router::new().route("/metrics", axum::routing::get(scrape))
+}
+
+async fn scrape() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], metrics().render())
 }
 
 /// Serves `app` on `addr` from a thread of its own (a tokio runtime with
@@ -348,11 +368,16 @@ mod tests {
         m.phase(1, Phase::Injected, 1_000);
         m.phase(1, Phase::Detected, 3_000);
         m.phase(1, Phase::ViewChanged, 4_000);
+        m.served("grpc", 429);
         let text = m.render();
         assert!(text.contains("hams_results_released_total 2"), "{text}");
         assert!(text.contains("hams_request_latency_us_bucket{le=\"500.0\"} 1"), "{text}");
         assert!(text.contains("hams_request_latency_us_bucket{le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("hams_queue_depth{node=\"lstm\"} 4"), "{text}");
+        assert!(
+            text.contains("hams_serve_requests_total{protocol=\"grpc\",status=\"429\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("hams_backup_lag_bytes{model=\"lstm\"} 4096"), "{text}");
         assert!(text.contains("hams_recovery_phase_ms{phase=\"detect\"} 2"), "{text}");
         assert!(text.contains("hams_recovery_phase_ms{phase=\"view_change\"} 1"), "{text}");

@@ -231,6 +231,32 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let answer = self.answer_infer(req).await;
+        let status = match &answer {
+            Ok(_) => 200,
+            Err(s) => http_status(s.code()),
+        };
+        hams_operators::metrics::metrics().served("grpc", status);
+        answer
+    }
+}
+
+/// The HTTP status a gRPC code stands for (the inverse of [`status`], for metrics).
+fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument => 400,
+        Code::NotFound => 404,
+        Code::ResourceExhausted => 429,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::FailedPrecondition => 421,
+        _ => 500,
+    }
+}
+
+impl Service {
+    async fn answer_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
         let deadline = deadline(&req);
         let req = req.into_inner();
         self.front.known(&req.model_name).map_err(status)?;

@@ -121,15 +121,21 @@ pub(super) fn parse(json_length: Option<&[u8]>, body: &[u8]) -> Result<Inference
 }
 
 async fn infer(State(front): State<Arc<Front>>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(e) = front.known(&name) {
+    let resp = answer_infer(&front, &name, &headers, &body).await;
+    hams_operators::metrics::metrics().served("http", resp.status().as_u16());
+    resp
+}
+
+async fn answer_infer(front: &Front, name: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    if let Err(e) = front.known(name) {
         return refused(e);
     }
-    let req = match parse(headers.get(JSON_LENGTH).map(HeaderValue::as_bytes), &body) {
+    let req = match parse(headers.get(JSON_LENGTH).map(HeaderValue::as_bytes), body) {
         Ok(r) => r,
         Err(e) => return refused(e),
     };
     match front.infer(&req, None).await {
-        Ok(out) => answer(&front, &req, out),
+        Ok(out) => answer(front, &req, out),
         Err(e) => refused(e),
     }
 }

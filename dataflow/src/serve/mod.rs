@@ -595,6 +595,7 @@ pub(crate) fn start(
     let app = http::router(front.clone())
         .merge(grpc::router(front.clone()))
         .merge(forward::router(front.clone()))
+        .merge(hams_operators::metrics::router())
         .fallback(http::not_found);
     hams_operators::metrics::serve_http("hams-serve", addr, 2, app)
 }
