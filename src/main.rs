@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod cluster;
 mod status;
+mod traces;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,10 +25,7 @@ const DEMO_GRAPH: &str = include_str!("../examples/graphs/stock.toml");
 fn main() -> ExitCode {
     // Executor processes are this binary re-executed; serve and exit if we are one.
     hams_operators::executor::server::serve_if_child();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let traces = traces::Traces::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Run(args)) => run(*args),
@@ -39,6 +37,7 @@ fn main() -> ExitCode {
         Some(Command::Bench(args)) => bench::bench(&args).map(|()| ExitCode::SUCCESS),
         Some(Command::Status(args)) => status::status(&args),
     };
+    traces.flush();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -13,11 +13,17 @@ mod common;
 
 /// A served run of `graph` (2 workers) with `extra` flags; its address.
 fn serve(graph: &str, data: &std::path::Path, extra: &[&str]) -> (std::process::Child, String) {
+    serve_with_env(graph, data, extra, &[])
+}
+
+/// The same, with `env` set for the run.
+fn serve_with_env(graph: &str, data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
     let port = common::port_pairs(1)[0];
     let addr = format!("127.0.0.1:{port}");
     let g = common::graph(graph);
     let child = common::spawn_group(
         common::hams()
+            .envs(env.iter().copied())
             .args([
                 "run",
                 "--graph",
@@ -602,4 +608,94 @@ fn a_request_with_an_id_and_no_sequence_runs_once_whichever_process_takes_its_re
     let s = stop(child);
     assert_eq!(s["accepted"], 8, "a retry through the other process ran again: {s}");
     assert_eq!(s["consistent"], true, "{s}");
+}
+
+/// An OTLP trace collector (the OpenTelemetry protocol's own gRPC service),
+/// keeping each span's name and string or integer attributes.
+mod collector {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    pub type Spans = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+    struct Collector(Spans);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            req: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.0.lock().unwrap();
+            for span in req
+                .into_inner()
+                .resource_spans
+                .into_iter()
+                .flat_map(|r| r.scope_spans)
+                .flat_map(|s| s.spans)
+            {
+                let attrs = span
+                    .attributes
+                    .into_iter()
+                    .filter_map(|kv| match kv.value?.value? {
+                        Value::StringValue(s) => Some((kv.key, s)),
+                        Value::IntValue(i) => Some((kv.key, i.to_string())),
+                        _ => None,
+                    })
+                    .collect();
+                spans.push((span.name, attrs));
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    /// Starts a collector; its endpoint and what it received.
+    pub fn start() -> (String, Spans) {
+        let spans = Spans::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = tonic::service::Routes::new(TraceServiceServer::new(Collector(spans.clone())))
+            .prepare()
+            .into_axum_router();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
+                    .await
+                    .unwrap();
+            });
+        });
+        (format!("http://{addr}"), spans)
+    }
+}
+
+#[test]
+fn request_spans_go_to_an_otlp_collector_when_one_is_configured() {
+    let (endpoint, spans) = collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let (child, addr) = serve_with_env("chain", &dir.path().join("data"), &[], &env);
+    for step in 0..3 {
+        let (code, v) = post(&addr, "chain", &request(7, step, 3));
+        assert_eq!(code, 200, "{v}");
+    }
+    stop(child);
+    // The exporter flushes as the process ends.
+    let spans = spans.lock().unwrap().clone();
+    let named = |n: &str| spans.iter().filter(|(name, _)| name == n).collect::<Vec<_>>();
+    let infer = named("hams.infer");
+    assert_eq!(infer.len(), 3, "{spans:?}");
+    let attr = |s: &(String, Vec<(String, String)>), k: &str| s.1.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let ids: Vec<_> = infer.iter().filter_map(|s| attr(s, "id")).collect();
+    assert_eq!(ids, ["s7-0", "s7-1", "s7-2"], "{spans:?}");
+    assert!(infer
+        .iter()
+        .all(|s| attr(s, "status").as_deref() == Some("200") && attr(s, "sequence_id").as_deref() == Some("7")));
+    for child in ["admit", "log", "release"] {
+        assert_eq!(named(child).len(), 3, "{child}: {spans:?}");
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{json, Map, Value};
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use super::request::{decode_le, Tensor};
 use super::{Front, Inference, Output, Refusal, MAX_BODY};
@@ -231,11 +232,13 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let answer = self.answer_infer(req).await;
+        let span = super::http::infer_span("grpc", &req.get_ref().model_name);
+        let answer = self.answer_infer(req).instrument(span.clone()).await;
         let status = match &answer {
             Ok(_) => 200,
             Err(s) => http_status(s.code()),
         };
+        span.record("status", status);
         hams_operators::metrics::metrics().served("grpc", status);
         answer
     }

@@ -11,7 +11,21 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::request::decode_le;
-use super::{Front, Inference, Output, Refusal, MAX_BODY};
+use super::{Front, Inference, Output, Refusal, MAX_BODY, TRACE_TARGET};
+use tracing::Instrument;
+
+/// The span of one inference request, whichever protocol it came by.
+pub(super) fn infer_span(protocol: &'static str, model: &str) -> tracing::Span {
+    tracing::info_span!(
+        target: TRACE_TARGET,
+        "hams.infer",
+        protocol,
+        model,
+        id = tracing::field::Empty,
+        sequence_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    )
+}
 
 /// Header of the binary tensor extension: the length of the JSON part of the body.
 const JSON_LENGTH: &str = "inference-header-content-length";
@@ -121,7 +135,9 @@ pub(super) fn parse(json_length: Option<&[u8]>, body: &[u8]) -> Result<Inference
 }
 
 async fn infer(State(front): State<Arc<Front>>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let resp = answer_infer(&front, &name, &headers, &body).await;
+    let span = infer_span("http", &name);
+    let resp = answer_infer(&front, &name, &headers, &body).instrument(span.clone()).await;
+    span.record("status", resp.status().as_u16());
     hams_operators::metrics::metrics().served("http", resp.status().as_u16());
     resp
 }

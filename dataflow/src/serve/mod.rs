@@ -25,10 +25,15 @@ use axum::http::StatusCode;
 use hams_operators::ops::answers;
 use hams_storage::{Cf, Log, OutputRecord, Request, Store, Values};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use crate::def::ElemType;
 use crate::graph::{Graph, Input};
 pub(crate) use request::Inference;
+
+/// The target of the request spans (`hams.infer` and its `admit`, `log`,
+/// `forward` and `release` children), which `OTEL_EXPORTER_OTLP_ENDPOINT` exports.
+pub const TRACE_TARGET: &str = "hams::trace";
 
 /// How long a request waits for its answer unless it says (`timeout`, µs).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -383,7 +388,14 @@ impl Front {
     /// Answers one inference request of either protocol, within `deadline`
     /// (the sooner of the request's `timeout` and the transport's).
     pub(crate) async fn infer(&self, req: &Inference, deadline: Option<Duration>) -> Result<Output, Refusal> {
-        let request = request::convert(self, req)?;
+        let span = tracing::Span::current();
+        if let Some(id) = &req.id {
+            span.record("id", id.as_str());
+        }
+        let request = tracing::info_span!(target: TRACE_TARGET, "admit").in_scope(|| request::convert(self, req))?;
+        if let Some(s) = request.session {
+            span.record("sequence_id", s);
+        }
         let timeout = [req.timeout(), deadline].into_iter().flatten().min().unwrap_or(DEFAULT_TIMEOUT);
         match tokio::time::timeout(timeout, self.answer_of(req.id.clone(), request, timeout)).await {
             Ok(answer) => Output::of(answer?),
@@ -412,7 +424,10 @@ impl Front {
             (None, None) => serving.first + (self.next.fetch_add(1, Ordering::Relaxed) % serving.queues.len().max(1) as u64) as u32,
         };
         if self.queue(partition).is_none() {
-            return forward::to_owner(self, partition, id, &request, timeout).await;
+            let owner = partition as usize / serving.queues.len().max(1);
+            return forward::to_owner(self, partition, id, &request, timeout)
+                .instrument(tracing::info_span!(target: TRACE_TARGET, "forward", partition, owner))
+                .await;
         }
         self.answer_here(partition, id, request).await
     }
@@ -485,11 +500,15 @@ impl Front {
                 lead,
             });
         }
+        // Queued until the worker's next batch is durable in the source log.
         let logged = rx
+            .instrument(tracing::info_span!(target: TRACE_TARGET, "log", partition))
             .await
             .map_err(|_| Refusal::unavailable("the service stopped before logging the request"))?;
-        let (_, answer) = logged.map_err(Refusal::internal)?;
+        let (offset, answer) = logged.map_err(Refusal::internal)?;
+        // Every model, then the backups holding what it depends on, then the release.
         answer
+            .instrument(tracing::info_span!(target: TRACE_TARGET, "release", partition, offset))
             .await
             .map_err(|_| Refusal::unavailable("the service stopped before the answer was released; retry with the same id"))
     }
