@@ -262,7 +262,8 @@ pub struct RunArgs {
     /// Serve the graph to clients under the Open Inference Protocol (KServe v2)
     /// at this address (`HOST:PORT`; process N of a cluster adds N to the
     /// port), HTTP/JSON and gRPC on the same port; requests then come from
-    /// clients only, until Ctrl-C.
+    /// clients only, until Ctrl-C. With OTEL_EXPORTER_OTLP_ENDPOINT set, each
+    /// request's spans are exported there over OTLP/gRPC.
     #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["input", "rate", "seed", "drain"])]
     pub serve: Option<String>,
     /// Requests waiting to be logged, per partition, before clients get 429
