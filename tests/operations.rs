@@ -46,21 +46,36 @@ fn flags_out_of_range_are_refused_before_anything_starts() {
 /// Ctrl-C does) and returns the summary.
 fn interrupted(extra: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Process K serves metrics on port + K: both must be free.
+    let port = common::port_pairs(1)[0];
     // A name, not an address: accepted like any HOST:PORT.
     let addr = format!("localhost:{port}");
     let data = dir.path().join("data");
     let g = common::graph("chain");
-    let child = common::spawn_group(
+    let mut child = common::spawn_group(
         common::hams()
             .args(["run", "--graph", g.to_str().unwrap(), "--requests", "0", "--rate", "400", "--json"])
             .args(["--metrics-addr", &addr, "--data-dir", data.to_str().unwrap()])
             .args(extra),
     );
     let scrape_at = format!("127.0.0.1:{port}");
-    common::await_event("100 released results", Duration::from_secs(60), || {
-        common::scrape(&scrape_at, "hams_results_released_total").filter(|n| *n >= 100.0)
+    let exited = common::await_event("100 released results", Duration::from_secs(60), || {
+        // A run that stops by itself is a failure to show, not a wait to time out.
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(true);
+        }
+        common::scrape(&scrape_at, "hams_results_released_total")
+            .filter(|n| *n >= 100.0)
+            .map(|_| false)
     });
+    if exited {
+        let out = common::finish_within(child, common::RUN_LIMIT);
+        panic!(
+            "hams {extra:?} ended before Ctrl-C ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // SAFETY: signals our own child's process group, as a terminal would.
     assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
     let out = common::finish_within(child, common::RUN_LIMIT);
