@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -29,8 +29,8 @@ struct Forwarded {
     timeout_us: u64,
 }
 
-/// What the owner says when it refuses.
-#[derive(Serialize, Deserialize)]
+/// What the owner says when it refuses (`http::refused`'s body).
+#[derive(Deserialize)]
 struct Refused {
     error: String,
 }
@@ -96,13 +96,7 @@ pub(super) async fn to_owner(
 
 /// The owner's side: answers a forwarded request in its own partition (never forwards again).
 async fn take(State(front): State<Arc<Front>>, body: axum::body::Bytes) -> Response {
-    let refuse = |r: Refusal| {
-        let mut resp = (r.status, Json(Refused { error: r.message })).into_response();
-        if let Some(s) = r.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, s.into());
-        }
-        resp
-    };
+    let refuse = super::http::refused;
     let f: Forwarded = match serde_json::from_slice(&body) {
         Ok(f) => f,
         Err(e) => return refuse(Refusal::bad(format!("not a forwarded request: {e}"))),

@@ -84,17 +84,23 @@ struct Service {
     front: Arc<Front>,
 }
 
+/// HTTP statuses and the gRPC codes they stand for, both ways (anything
+/// else is INTERNAL, 500).
+const CODES: [(StatusCode, Code); 9] = [
+    (StatusCode::OK, Code::Ok),
+    (StatusCode::BAD_REQUEST, Code::InvalidArgument),
+    (StatusCode::PAYLOAD_TOO_LARGE, Code::InvalidArgument),
+    (StatusCode::NOT_FOUND, Code::NotFound),
+    (StatusCode::GONE, Code::NotFound),
+    (StatusCode::TOO_MANY_REQUESTS, Code::ResourceExhausted),
+    (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
+    (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+    (StatusCode::MISDIRECTED_REQUEST, Code::FailedPrecondition),
+];
+
 /// The gRPC code for a refusal's HTTP status, with its message (and when to retry).
 fn status(r: Refusal) -> Status {
-    let code = match r.status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => Code::InvalidArgument,
-        StatusCode::NOT_FOUND | StatusCode::GONE => Code::NotFound,
-        StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
-        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
-        StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
-        StatusCode::MISDIRECTED_REQUEST => Code::FailedPrecondition,
-        _ => Code::Internal,
-    };
+    let code = CODES.iter().find(|(h, _)| *h == r.status).map_or(Code::Internal, |(_, c)| *c);
     let mut s = Status::new(code, r.message);
     if let Some(after) = r.retry_after {
         s.metadata_mut().insert("retry-after", after.into());
@@ -244,18 +250,9 @@ impl GrpcInferenceService for Service {
     }
 }
 
-/// The HTTP status a gRPC code stands for (the inverse of [`status`], for metrics).
+/// The HTTP status a gRPC code stands for (the first in [`CODES`], for metrics).
 fn http_status(code: Code) -> u16 {
-    match code {
-        Code::Ok => 200,
-        Code::InvalidArgument => 400,
-        Code::NotFound => 404,
-        Code::ResourceExhausted => 429,
-        Code::Unavailable => 503,
-        Code::DeadlineExceeded => 504,
-        Code::FailedPrecondition => 421,
-        _ => 500,
-    }
+    CODES.iter().find(|(_, c)| *c == code).map_or(500, |(h, _)| h.as_u16())
 }
 
 impl Service {

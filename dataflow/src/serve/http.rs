@@ -50,7 +50,7 @@ pub(super) async fn not_found() -> Response {
     ))
 }
 
-fn refused(r: Refusal) -> Response {
+pub(super) fn refused(r: Refusal) -> Response {
     let mut resp = (r.status, Json(json!({ "error": r.message }))).into_response();
     if let Some(s) = r.retry_after {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));

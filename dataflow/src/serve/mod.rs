@@ -306,10 +306,7 @@ impl Front {
     /// clients went away before they were logged (cancelled: never run);
     /// then an end for each of its sessions idle past the TTL.
     pub(crate) fn take(&self, partition: u32, max: usize) -> Vec<Pending> {
-        let Some(s) = self.serving.get() else { return Vec::new() };
-        let Some(i) = partition.checked_sub(s.first).map(|i| i as usize).filter(|i| *i < s.queues.len()) else {
-            return Vec::new();
-        };
+        let Some((s, i)) = self.slot(partition) else { return Vec::new() };
         let mut q = s.queues[i].lock().expect("poisoned");
         let mut out = Vec::new();
         while out.len() < max {
@@ -351,9 +348,15 @@ impl Front {
         }
     }
 
-    fn queue(&self, partition: u32) -> Option<&Mutex<VecDeque<Pending>>> {
+    /// What this process serves and `partition`'s index in it, if it is this process's.
+    fn slot(&self, partition: u32) -> Option<(&Serving, usize)> {
         let s = self.serving.get()?;
-        s.queues.get(partition.checked_sub(s.first)? as usize)
+        let i = partition.checked_sub(s.first)? as usize;
+        (i < s.queues.len()).then_some((s, i))
+    }
+
+    fn queue(&self, partition: u32) -> Option<&Mutex<VecDeque<Pending>>> {
+        self.slot(partition).map(|(s, i)| &s.queues[i])
     }
 
     /// No new requests from here on (the run drains); those not yet logged are refused.
@@ -474,7 +477,7 @@ impl Front {
         if let Some(held) = answers::held_for().filter(|h| *h > self.limits.hold) {
             return Err(Refusal::unavailable(format!("a recovery has held results for {} ms; retry", held.as_millis())).retry_after(1));
         }
-        let Some(queue) = self.queue(partition) else {
+        let Some((_, i)) = self.slot(partition) else {
             return Err(Refusal::new(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!("partition {partition} is served by another process of the cluster"),
@@ -482,12 +485,11 @@ impl Front {
         };
         let (tx, rx) = oneshot::channel();
         {
-            let mut q = queue.lock().expect("poisoned");
+            let mut q = serving.queues[i].lock().expect("poisoned");
             if q.len() >= self.limits.queue {
                 return Err(Refusal::new(StatusCode::TOO_MANY_REQUESTS, "the admission queue is full; retry later").retry_after(1));
             }
             if let Some(session) = request.session {
-                let i = (partition - serving.first) as usize;
                 serving.open[i]
                     .lock()
                     .expect("poisoned")

@@ -79,10 +79,10 @@ pub(crate) fn decode_le(name: &str, datatype: &str, bytes: &[u8]) -> Result<Valu
 }
 
 /// The elements of a tensor's `data`, flattened (OIP allows nesting).
-fn flatten(v: &Value, out: &mut Vec<Value>) {
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
         Value::Array(a) => a.iter().for_each(|x| flatten(x, out)),
-        x => out.push(x.clone()),
+        x => out.push(x),
     }
 }
 
